@@ -1,0 +1,45 @@
+# The commands README and CI quote. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+GENAI := $(BIN)/genai
+# Use the project's shared data folder when it sits beside the checkout (CI and dev machines here).
+SHARED_DATA := $(wildcard $(CURDIR)/../shared/data)
+export GENAI_DATA_DIR ?= $(SHARED_DATA)
+
+.PHONY: setup data demo test bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Make sure Fashion-MNIST is readable: $GENAI_DATA_DIR, the cache, Debian's package, or a download.
+data: setup
+	@$(GENAI) data fashion-mnist >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's dataset-fashion-mnist" >&2; \
+	    apt-get install -y -q dataset-fashion-mnist >&2 || { apt-get update -q >&2 && apt-get install -y -q dataset-fashion-mnist >&2; }; \
+	  fi; }
+	@$(GENAI) data fashion-mnist
+
+# About a minute of CPU: a DCGAN on Fashion-MNIST, then an 8x8 grid in demo.png.
+demo: data
+	$(GENAI) train --model dcgan --data fashion-mnist --steps 300 --batch-size 64 --sample-every 100
+	$(GENAI) sample --n 64 --out demo.png --force
+	@echo "wrote demo.png (samples) and runs/latest/ (checkpoint, grids, metrics.jsonl, loss.png)"
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_train.py
+
+lint: setup
+	$(BIN)/ruff check genai_cli tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

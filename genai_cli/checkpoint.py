@@ -1,0 +1,295 @@
+"""The on-disk contract: safetensors files with genai metadata, written atomically.
+
+A run directory holds
+  model.safetensors           the model's weights; its metadata holds the full config, so the
+                              file alone rebuilds and samples the model
+  training_state.safetensors  weights again, optimiser moments, RNG states, step and epoch:
+                              everything `--resume` needs, in one file so it is never half old
+  config.json                 the same config, for people
+Nothing here unpickles: headers are parsed and bounds-checked before safetensors reads the
+tensors, so a truncated, foreign or hostile file is a one-line CheckpointError.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from genai_cli import __version__
+from genai_cli.config import Config
+from genai_cli.errors import CheckpointError
+from genai_cli.fileio import atomic_write
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "training_state.safetensors"
+CONFIG_FILE = "config.json"
+MAX_HEADER_BYTES = 64 * 1024 * 1024  # real headers are a few KB; refuse to allocate absurd ones
+ROLE_MODEL, ROLE_STATE = "model", "training-state"
+
+
+@dataclass
+class Checkpoint:
+    """A model file read back: the rebuilt config, its metadata and its tensors."""
+
+    path: Path
+    config: Config
+    metadata: dict[str, str]
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def step(self) -> int:
+        return int(self.metadata.get("genai.step", 0))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def model_metadata(config: Config, role: str, step: int, epoch: int, device: str) -> dict[str, str]:
+    m = config.model
+    return {
+        "format": "pt",
+        "genai.role": role,
+        "genai.kind": m.kind,
+        "genai.version": __version__,
+        "genai.config": config.to_json(),
+        "genai.dataset": config.data.name,
+        "genai.image_shape": json.dumps([m.channels, m.image_size, m.image_size]),
+        "genai.classes": json.dumps(config.data.classes),
+        "genai.step": str(step),
+        "genai.epoch": str(epoch),
+        "genai.device": device,
+    }
+
+
+def weights_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of parameters and buffers, ready for safetensors (no shared storage)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def save_model(path: Path, model: torch.nn.Module, config: Config, step: int, epoch: int, device: str) -> None:
+    meta = model_metadata(config, ROLE_MODEL, step, epoch, device)
+    atomic_write(path, save_tensors(weights_of(model), metadata=meta))
+
+
+def save_config(run_dir: Path, config: Config) -> None:
+    atomic_write(run_dir / CONFIG_FILE, (config.to_json(indent=2) + "\n").encode())
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_header(path: Path) -> tuple[dict[str, str], dict[str, Any], int]:
+    """(metadata, tensor index, data length) from a safetensors header, checked against the file.
+
+    Reads only the header, so `genai info` and kind checks cost nothing for large files.
+    """
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; pass a run directory or a .safetensors file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path} is not a checkpoint ({size} bytes, too short to be safetensors)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > min(size - 8, MAX_HEADER_BYTES):
+                raise CheckpointError(
+                    f"{path} is truncated or not a safetensors file (header claims {header_len} bytes, "
+                    f"file has {size}); use an intact checkpoint"
+                )
+            raw = handle.read(header_len)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} has a corrupt safetensors header; it is damaged or not a checkpoint") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt safetensors header; it is damaged or not a checkpoint")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - header_len
+    _check_extent(path, header, data_len)
+    return metadata, header, data_len
+
+
+def _check_extent(path: Path, index: dict[str, Any], data_len: int) -> None:
+    try:
+        end = max((int(entry["data_offsets"][1]) for entry in index.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError) as err:
+        raise CheckpointError(f"{path} has a corrupt tensor index; it is damaged or not a checkpoint") from err
+    if end > data_len:
+        raise CheckpointError(
+            f"{path} is truncated ({data_len} of {end} data bytes); re-save it or use an earlier checkpoint"
+        )
+
+
+def read_metadata(path: Path, role: str = ROLE_MODEL) -> dict[str, str]:
+    """Header metadata of a genai file of the given role, or a CheckpointError saying why not."""
+    metadata, _, _ = read_header(path)
+    if "genai.config" not in metadata or "genai.kind" not in metadata:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a genai checkpoint (no genai metadata); "
+            "use a model.safetensors written by `genai train`"
+        )
+    if metadata.get("genai.role", ROLE_MODEL) != role:
+        raise CheckpointError(f"{path} is a genai {metadata.get('genai.role')} file, not a {role} file")
+    return metadata
+
+
+def config_from_metadata(path: Path, metadata: dict[str, str]) -> Config:
+    try:
+        return Config.from_json(metadata["genai.config"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} has an unreadable genai config ({err}); the file was edited or damaged") from err
+
+
+def load_file(path: Path, role: str = ROLE_MODEL) -> Checkpoint:
+    metadata = read_metadata(path, role)
+    config = config_from_metadata(path, metadata)
+    try:
+        tensors = load_tensors(path.read_bytes())
+    except Exception as err:  # safetensors raises its own error types for malformed data
+        raise CheckpointError(f"{path} has unreadable tensor data ({err}); it is damaged") from err
+    return Checkpoint(path, config, metadata, tensors)
+
+
+def load_weights_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Strict load with a one-line error when names, shapes or dtypes do not match."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and (tensors[k].shape != expected[k].shape or tensors[k].dtype != expected[k].dtype)]
+    if missing or unexpected or wrong:
+        detail = (
+            f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else f"wrong shape or dtype for {wrong[:3]}"
+        )
+        raise CheckpointError(f"{path} does not match its own config ({detail}); the file is damaged or was edited")
+    module.load_state_dict(tensors)
+
+
+def resolve_model_path(checkpoint: str | None) -> Path:
+    """A run directory, a model file, or (None) the newest run via runs/latest."""
+    path = Path(checkpoint) if checkpoint else Path("runs") / "latest"
+    if checkpoint is None and not path.exists():
+        hint = "the runs/latest link points nowhere" if path.is_symlink() else "no runs/latest here"
+        raise CheckpointError(f"no checkpoint given and {hint}; train one with `genai train` or pass --checkpoint")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory or a model.safetensors file")
+    if path.is_dir():
+        path = path / MODEL_FILE
+        if not path.exists():
+            raise CheckpointError(f"{path.parent} has no {MODEL_FILE}; is it a genai run directory?")
+    return path
+
+
+# ---------------------------------------------------------------- training state
+
+
+def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Split nested state (optimiser, RNG) into JSON-able structure plus named tensors."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, np.ndarray):
+        tensors[prefix] = torch.from_numpy(obj.copy())
+        return {"__ndarray__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[flatten_state(k, f"{prefix}.k{i}", tensors), flatten_state(v, f"{prefix}.{i}", tensors)] for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        items = [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    return obj
+
+
+def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [unflatten_state(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return tensors[obj["__ndarray__"]].numpy()
+    if "__tuple__" in obj:
+        return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
+    return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in obj["__dict__"]}
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(
+    path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+    config: Config, step: int, epoch: int, device: str,
+) -> None:
+    tensors = {f"model.{k}": v for k, v in weights_of(model).items()}
+    extra = {
+        "optimizers": flatten_state({k: o.state_dict() for k, o in optimizers.items()}, "optim", tensors),
+        "rng": flatten_state(rng_state(), "rng", tensors),
+    }
+    meta = model_metadata(config, ROLE_STATE, step, epoch, device)
+    meta["genai.state"] = json.dumps(extra)
+    atomic_write(path, save_tensors(tensors, metadata=meta))
+
+
+@dataclass
+class TrainingState:
+    checkpoint: Checkpoint
+    model_weights: dict[str, torch.Tensor]
+    optimizers: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def load_training_state(run_dir: Path) -> TrainingState:
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} has no {STATE_FILE}; --resume takes a run directory written by `genai train`")
+    ckpt = load_file(path, ROLE_STATE)
+    try:
+        extra = json.loads(ckpt.metadata["genai.state"])
+        optimizers = unflatten_state(extra["optimizers"], ckpt.tensors)
+        rng = unflatten_state(extra["rng"], ckpt.tensors)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} has unreadable training state ({err}); the file was edited or damaged") from err
+    weights = {k.removeprefix("model."): v for k, v in ckpt.tensors.items() if k.startswith("model.")}
+    return TrainingState(ckpt, weights, optimizers, rng)
+
+
+# ---------------------------------------------------------------- rebuilding
+
+
+def load_model(checkpoint: str | None, device: torch.device, expect_kind: str | None = None):
+    """Rebuild a model from a model file alone: (model on `device` in eval mode, checkpoint)."""
+    from genai_cli.models import MODELS  # models import torch.nn; checkpoint stays light to import
+
+    path = resolve_model_path(checkpoint)
+    loaded = load_file(path)
+    kind = loaded.config.model.kind
+    if expect_kind and kind != expect_kind:
+        raise CheckpointError(f"{path} holds a {kind} model, not {expect_kind}; pass a {expect_kind} checkpoint")
+    if kind not in MODELS:
+        raise CheckpointError(f"{path} holds a model kind {kind!r} this genai does not know; upgrade genai")
+    model = MODELS.get(kind).build(loaded.config.model)
+    load_weights_into(model, loaded.tensors, path)
+    return model.to(device).eval(), loaded

@@ -1,0 +1,167 @@
+"""The `genai` command: flags in, one engine call, result out, errors to exit codes.
+
+Each command parses its flags, calls one engine function, and prints the result (JSON on
+stdout with --json). torch is imported only inside commands, so `genai --help` and shell
+completion stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+
+from genai_cli import __version__, console
+from genai_cli.config import DataConfig, ModelConfig, TrainConfig
+from genai_cli.errors import ExitCode, GenaiError, UsageError
+
+app = typer.Typer(
+    name="genai",
+    help="Train, sample, evaluate and export image generative models (GAN, DCGAN, cGAN, VAE).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", envvar="GENAI_DEBUG")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")]
+Device = Annotated[Optional[str], typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
+
+_M, _D, _T = ModelConfig(), DataConfig(), TrainConfig()
+
+
+@contextmanager
+def reporting_errors(quiet: bool, debug: bool) -> Iterator[None]:
+    """One line on stderr and a documented exit code for every failure; tracebacks only with --debug."""
+    console.configure(quiet=quiet)
+    try:
+        yield
+    except GenaiError as err:
+        if debug:
+            console.print_exception()
+        console.error(str(err))
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        raise typer.Exit(ExitCode.SIGINT) from None
+    except typer.Exit:
+        raise
+    except Exception as err:  # a bug: say so plainly, keep the traceback for --debug
+        if debug:
+            console.print_exception()
+        console.error(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback and report it)")
+        raise typer.Exit(ExitCode.RUNTIME) from None
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.emit_text(f"genai {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 eval gate failed, 130 interrupted (Ctrl-C), 143 terminated."""
+
+
+@app.command()
+def train(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"gan, dcgan, cgan, vae or cvae. [default: {_M.kind}]")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help=f"mnist, fashion-mnist, kmnist, cifar10 or an image folder. [default: {_D.name}]")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Dataset root (else $GENAI_DATA_DIR, else ~/.cache/genai/datasets).")] = None,
+    split: Annotated[Optional[str], typer.Option(help=f"Dataset split to train on. [default: {_D.split}]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Passes over the data. [default: {_T.epochs}]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total optimisation steps (overrides --epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help=f"[default: {_T.batch_size}]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate. [default: 2e-4 for GANs, 1e-3 for VAEs]")] = None,
+    lr_d: Annotated[Optional[float], typer.Option(help="Discriminator learning rate (TTUR). [default: --lr]")] = None,
+    beta1: Annotated[Optional[float], typer.Option(help="Adam beta1. [default: 0.5 for GANs, 0.9 for VAEs]")] = None,
+    gan_loss: Annotated[Optional[str], typer.Option(help=f"bce (non-saturating) or hinge. [default: {_T.gan_loss}]")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(help="Latent size. [default: 100 for GANs, 32 for VAEs]")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Square image side (28, 32, 64, ...). [default: the dataset's]")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 (gray) or 3 (RGB). [default: the dataset's]")] = None,
+    width: Annotated[Optional[int], typer.Option(help=f"Base channel width of the networks. [default: {_M.width}]")] = None,
+    beta: Annotated[Optional[float], typer.Option(help=f"VAE KL weight (beta-VAE). [default: {_M.beta}]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Seed for weights, batches and noise. [default: {_T.seed}]")] = None,
+    device: Device = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory. [default: runs/<model>-<data>-NNN]")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory exactly where it stopped.")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=f"Steps between log lines. [default: {_T.log_every}]")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids. [default: {_T.sample_every}]")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints. [default: {_T.save_every}]")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train a model; writes a run directory with model.safetensors, samples and metrics."""
+    flags: dict[str, Any] = {
+        "model.kind": model, "model.latent_dim": latent_dim, "model.image_size": image_size,
+        "model.channels": channels, "model.width": width, "model.beta": beta,
+        "data.name": data, "data.data_dir": data_dir, "data.split": split,
+        "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
+        "train.lr_d": lr_d, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.seed": seed,
+        "train.device": device, "train.log_every": log_every, "train.sample_every": sample_every,
+        "train.save_every": save_every,
+    }
+    with reporting_errors(quiet, debug):
+        from genai_cli import training
+
+        if dry_run:
+            console.emit_text(training.resolve(flags, resume).to_json(indent=2))
+            return
+        result = training.train(flags, out=out, resume=resume)
+        if json_out:
+            console.emit_json(result.to_dict())
+        else:
+            console.info(f"done: {result.step} steps, {result.images_per_sec:.0f} images/s; model {result.checkpoint}")
+
+
+@app.command()
+def sample(
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Run directory or model.safetensors. [default: runs/latest]")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", "-n", help="Number of images. [default: 64]")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="NAME.png grid, NAME.npz array, a folder (one PNG per image + manifest.jsonl), or - for PNG bytes on stdout.")] = "samples.png",
+    seeds: Annotated[Optional[str], typer.Option(help="One image per seed: 0-99, 1,5,9 or a mix.")] = None,
+    seed: Annotated[int, typer.Option(help="First seed when --seeds is not given (image i uses seed+i).")] = 0,
+    label: Annotated[Optional[str], typer.Option(help="Class index or name, for conditional models.")] = None,
+    nrow: Annotated[Optional[int], typer.Option(help="Images per grid row.")] = None,
+    interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Latent walk between two seeds A B.")] = None,
+    steps: Annotated[int, typer.Option(help="Frames of the --interpolate walk.")] = 10,
+    device: Device = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing --out.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Generate images from a trained model."""
+    with reporting_errors(quiet, debug):
+        if out == "-" and console.stdout_is_terminal():
+            raise UsageError("--out - writes PNG bytes to stdout, which is a terminal; pipe it or redirect it to a file")
+        if out == "-" and json_out:
+            raise UsageError("--out - and --json both use stdout; write the images to a file to get --json")
+        from genai_cli import sampling
+
+        result = sampling.run_sample(sampling.SampleRequest(
+            out=out, checkpoint=checkpoint, n=n, seeds=seeds, seed=seed, label=label, per_row=nrow,
+            interpolate=interpolate, steps=steps, device=device or "auto", force=force,
+        ))
+        if json_out:
+            console.emit_json(result)
+        else:
+            where = "stdout" if out == "-" else out
+            console.info(f"wrote {result['n']} images from {result['checkpoint']} to {where}")
+
+
+def main() -> None:
+    """Entry point of the `genai` command and `python -m genai_cli`."""
+    app(prog_name="genai")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""One typed configuration that flows from flags to engine to checkpoint and back.
+
+`Config` is what `genai train` resolves from its flags, what the training loop reads, and
+what every checkpoint stores as JSON; `Config.from_json(checkpoint metadata)` is enough to
+rebuild the model. Fields left as None are filled from the model family's defaults and the
+dataset by `training.resolve_config`, so a stored config is always complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from genai_cli.errors import UsageError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; nothing about how it was trained."""
+
+    kind: str = "dcgan"
+    latent_dim: int | None = None  # family default (100 for GANs, 32 for VAEs)
+    channels: int | None = None  # from the dataset
+    image_size: int | None = None  # from the dataset
+    num_classes: int = 0  # > 0 only for conditional families
+    width: int = 64  # base channel count (ngf/ndf) for conv models
+    beta: float = 1.0  # VAE: weight of the KL term (beta-VAE)
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"  # registered name or an image folder path
+    data_dir: str | None = None
+    split: str = "train"
+    classes: list[str] = field(default_factory=list)  # filled from the dataset
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    steps: int | None = None  # total optimisation steps; overrides epochs when set
+    batch_size: int = 128
+    lr: float | None = None  # family default
+    lr_d: float | None = None  # discriminator lr (TTUR); defaults to lr
+    beta1: float | None = None  # Adam betas; family default
+    beta2: float = 0.999
+    gan_loss: str = "bce"  # "bce" (non-saturating) or "hinge"
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    sample_every: int = 500
+    save_every: int = 1000
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **dataclasses.asdict(self)}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Strict: an unknown key or a wrong type is an error, not a silent default."""
+        if not isinstance(raw, dict):
+            raise ValueError("config must be a JSON object")
+        schema = raw.get("schema", SCHEMA_VERSION)
+        if schema != SCHEMA_VERSION:
+            raise ValueError(f"config schema {schema} is not supported (expected {SCHEMA_VERSION})")
+        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+        unknown = set(raw) - set(sections) - {"schema"}
+        if unknown:
+            raise ValueError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        return cls(**{name: _build_section(kind, raw.get(name, {})) for name, kind in sections.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls.from_dict(json.loads(text))
+
+
+def _build_section(kind: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ValueError(f"config section {kind.__name__} must be a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {kind.__name__} field(s): {', '.join(sorted(unknown))}")
+    for name, value in raw.items():
+        _check_type(kind.__name__, name, fields[name].type, value)
+    return kind(**raw)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "list[str]": (list,),
+}
+
+
+def _check_type(section: str, name: str, annotation: str, value: Any) -> None:
+    optional = annotation.endswith("| None")
+    base = annotation.removesuffix("| None").strip()
+    if value is None and optional:
+        return
+    ok = isinstance(value, _TYPES[base]) and not isinstance(value, bool)
+    if base == "list[str]":
+        ok = ok and all(isinstance(v, str) for v in value)
+    if not ok:
+        raise ValueError(f"{section}.{name} must be {annotation}, got {value!r}")
+
+
+def validate_train(train: TrainConfig) -> None:
+    """Reject flag values that cannot work, with the fix in the message."""
+    positive = {
+        "--batch-size": train.batch_size,
+        "--log-every": train.log_every,
+        "--sample-every": train.sample_every,
+        "--save-every": train.save_every,
+    }
+    if train.steps is None:
+        positive["--epochs"] = train.epochs
+    else:
+        positive["--steps"] = train.steps
+    for flag, value in positive.items():
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    for flag, value in (("--lr", train.lr), ("--lr-d", train.lr_d)):
+        if value is not None and not 0 < value < 1:
+            raise UsageError(f"{flag} must be between 0 and 1, got {value}")
+    if train.gan_loss not in ("bce", "hinge"):
+        raise UsageError(f"--gan-loss must be 'bce' or 'hinge', got {train.gan_loss!r}")

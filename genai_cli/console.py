@@ -1,0 +1,125 @@
+"""The only module that writes to the terminal.
+
+stdout carries data alone (JSON, text answers, PNG bytes); logs, warnings and progress go
+to stderr through one rich Console, so `genai sample --out - | tool` and `--json` stay
+clean. rich honours NO_COLOR, TERM=dumb and friends; when stderr is not a terminal the
+progress bar becomes a plain log line every few steps, so CI logs show progress as it happens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+_quiet = False
+
+
+def configure(quiet: bool = False) -> None:
+    """Set once by the CLI: quiet drops informational logs, never warnings or errors."""
+    global _quiet
+    _quiet = quiet
+
+
+def info(message: str) -> None:
+    if not _quiet:
+        _stderr.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    _stderr.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+
+
+def error(message: str) -> None:
+    # One line: no wrapping by rich, so a log grep finds the whole message.
+    _stderr.print(f"[bold red]error:[/bold red] {_escape(message)}", soft_wrap=True)
+
+
+def print_exception() -> None:
+    """The traceback of the exception being handled (--debug only)."""
+    _stderr.print_exception()
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def emit_json(obj: Any) -> None:
+    """Print exactly one JSON object on stdout (the `--json` contract)."""
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def emit_text(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def emit_bytes(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+class StepProgress:
+    """Progress of a training run: a rich bar on a terminal, plain lines elsewhere."""
+
+    def __init__(self, total: int, start: int, log_every: int, bar: Progress | None) -> None:
+        self.total, self.log_every, self._bar = total, log_every, bar
+        self._task = bar.add_task("train", total=total, completed=start, stats="") if bar else None
+
+    def advance(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step)
+
+    def report(self, step: int, stats: dict[str, float]) -> None:
+        """Called every log interval with averaged statistics."""
+        text = "  ".join(_format_stat(k, v) for k, v in stats.items())
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, stats=text)
+        else:
+            info(f"step {step}/{self.total}  {text}")
+
+
+def _format_stat(key: str, value: float) -> str:
+    if key in ("step", "epoch"):
+        return f"{key} {int(value)}"
+    return f"{key} {value:.4g}" if abs(value) < 1e4 else f"{key} {value:.0f}"
+
+
+@contextmanager
+def step_progress(total: int, start: int, log_every: int) -> Iterator[StepProgress]:
+    if _quiet or not _stderr.is_terminal:
+        yield StepProgress(total, start, log_every, None)
+        return
+    bar = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=_stderr,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    with bar:
+        yield StepProgress(total, start, log_every, bar)
+
+
+class Stopwatch:
+    """Wall-clock seconds since creation; used for images/s in logs and results."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,58 @@
+"""Crash-safe file writes: every file genai produces goes through `atomic_write`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from genai_cli.errors import GenaiError
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename over the target.
+
+    A crash, Ctrl-C or full disk at any moment leaves either the old file or the new one,
+    never a truncated mix.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise GenaiError(f"cannot write {path}: {err.strerror or err}; choose a writable --out") from err
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise GenaiError(
+                f"cannot write {path}: {err.strerror or err}; free disk space or choose another --out"
+            ) from err
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself; not every platform allows opening a directory."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line (metrics.jsonl); a torn last line is dropped by readers."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()

@@ -1,0 +1,82 @@
+"""The two shapes a model takes, and the spec that registers a family.
+
+Every family is either adversarial (a generator and a discriminator) or variational (an
+encoder and a decoder); both expose `generate(z, labels)` -> images in [-1, 1], which is
+all that sampling and export need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from genai_cli.config import ModelConfig
+
+
+class GenerativeModel(nn.Module):
+    """Base of every family: a config and a way to turn latents (and labels) into images."""
+
+    objective: str  # "adversarial" or "elbo": which training step applies
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.num_classes > 0
+
+    @property
+    def latent_dim(self) -> int:
+        assert self.config.latent_dim is not None
+        return self.config.latent_dim
+
+    def generating_half(self) -> nn.Module:
+        """The part that maps latent (+ label) to an image: what `export` ships."""
+        raise NotImplementedError
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.generating_half()(z, labels)
+
+
+class AdversarialModel(GenerativeModel):
+    objective = "adversarial"
+
+    def __init__(self, config: ModelConfig, generator: nn.Module, discriminator: nn.Module) -> None:
+        super().__init__(config)
+        self.generator = generator
+        self.discriminator = discriminator
+
+    def generating_half(self) -> nn.Module:
+        return self.generator
+
+
+class VariationalModel(GenerativeModel):
+    objective = "elbo"
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__(config)
+        self.encoder = encoder  # (x, labels) -> (mu, logvar)
+        self.decoder = decoder  # (z, labels) -> images in [-1, 1]
+
+    def generating_half(self) -> nn.Module:
+        return self.decoder
+
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder.logits(z, labels)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered family: how to build it and the defaults its paper trains it with."""
+
+    name: str
+    build: Callable[[ModelConfig], GenerativeModel]
+    description: str
+    conditional: bool = False
+    latent_dim: int = 100
+    lr: float = 2e-4
+    beta1: float = 0.5

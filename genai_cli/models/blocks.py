@@ -1,0 +1,107 @@
+"""Convolutional stacks shared by the DCGAN, conditional GAN and VAE families.
+
+A square image of side s0 * 2**k (s0 in 4..7) is built from an s0 x s0 map by k
+stride-2 transposed convolutions, and read back down by k stride-2 convolutions; the width
+doubles at every halving of resolution, as in Radford et al. (2015). This covers 28
+(7 * 4), 32 (4 * 8) and 64 (4 * 16) with one rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genai_cli.errors import UsageError
+
+MAX_WIDTH_MULTIPLIER = 8
+
+
+def resolution_plan(image_size: int) -> tuple[int, int]:
+    """(base side s0, number of stride-2 stages k) with image_size == s0 * 2**k."""
+    base, stages = image_size, 0
+    while base > 7 and base % 2 == 0:
+        base, stages = base // 2, stages + 1
+    if stages == 0 or not 4 <= base <= 7:
+        raise UsageError(
+            f"--image-size {image_size} cannot be built by a conv model: use s * 2^k with s in 4..7 "
+            "and k >= 1 (e.g. 16, 28, 32, 64, 128)"
+        )
+    return base, stages
+
+
+def stage_widths(width: int, stages: int) -> list[int]:
+    """Channel widths from the highest resolution (image/2) down to the base map."""
+    return [width * min(2**i, MAX_WIDTH_MULTIPLIER) for i in range(stages)]
+
+
+class ConvGenerator(nn.Module):
+    """Latent vector -> image: one projection to s0 x s0, then stride-2 transposed convs."""
+
+    def __init__(self, in_dim: int, channels: int, image_size: int, width: int) -> None:
+        super().__init__()
+        base, stages = resolution_plan(image_size)
+        widths = stage_widths(width, stages)[::-1]  # base map first
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(in_dim, widths[0], base, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
+        for w_in, w_out in zip(widths, widths[1:]):
+            layers += [
+                nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(w_out),
+                nn.ReLU(True),
+            ]
+        layers.append(nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Pre-activation output (apply tanh or sigmoid outside)."""
+        return self.net(h.reshape(h.shape[0], -1, 1, 1))
+
+
+class ConvEncoder(nn.Module):
+    """Image -> feature map at s0 x s0: stride-2 convs with LeakyReLU, BatchNorm after the first."""
+
+    def __init__(self, channels: int, image_size: int, width: int) -> None:
+        super().__init__()
+        base, stages = resolution_plan(image_size)
+        widths = stage_widths(width, stages)
+        layers: list[nn.Module] = [
+            nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for w_in, w_out in zip(widths, widths[1:]):
+            layers += [
+                nn.Conv2d(w_in, w_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(w_out),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        self.net = nn.Sequential(*layers)
+        self.out_channels, self.out_size = widths[-1], base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """N(0, 0.02) conv weights, N(1, 0.02) BatchNorm scales (Radford et al. 2015)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class LabelEmbedding(nn.Module):
+    """Class index -> learned vector, concatenated to a latent by conditional models."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, dim)
+
+    def concat(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.cat([z, self.embed(labels)], dim=1)

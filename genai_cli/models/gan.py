@@ -1,0 +1,61 @@
+"""The original GAN (Goodfellow et al. 2014) with multilayer perceptrons.
+
+G: z -> 256 -> 512 -> 1024 -> pixels (tanh); D: pixels -> 1024 -> 512 -> 256 -> logit,
+LeakyReLU(0.2) and dropout. Widths scale with --width (64 gives the sizes above).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from genai_cli.config import ModelConfig
+from genai_cli.models.base import AdversarialModel, ModelSpec
+
+
+class MLPGenerator(nn.Module):
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], width: int) -> None:
+        super().__init__()
+        hidden = [4 * width, 8 * width, 16 * width]
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip([latent_dim, *hidden], hidden):
+            layers += [nn.Linear(w_in, w_out), nn.BatchNorm1d(w_out), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Linear(hidden[-1], math.prod(shape)), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.shape = shape
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], *self.shape)
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(self, shape: tuple[int, int, int], width: int) -> None:
+        super().__init__()
+        hidden = [16 * width, 8 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip([math.prod(shape), *hidden], hidden):
+            layers += [nn.Linear(w_in, w_out), nn.LeakyReLU(0.2, inplace=True), nn.Dropout(0.3)]
+        layers.append(nn.Linear(hidden[-1], 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x.flatten(1)).squeeze(1)
+
+
+def build(config: ModelConfig) -> AdversarialModel:
+    assert config.latent_dim and config.channels and config.image_size
+    shape = (config.channels, config.image_size, config.image_size)
+    return AdversarialModel(
+        config,
+        MLPGenerator(config.latent_dim, shape, config.width),
+        MLPDiscriminator(shape, config.width),
+    )
+
+
+SPEC = ModelSpec(
+    name="gan",
+    build=build,
+    description="MLP generator and discriminator (Goodfellow et al. 2014)",
+)

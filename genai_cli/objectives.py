@@ -1,0 +1,114 @@
+"""One training step per objective: adversarial (GANs) and ELBO (VAEs).
+
+A step takes a batch of real images in [-1, 1] (and labels), updates the model, and
+returns its losses as detached device tensors; the training loop averages them and only
+reads them back to the host at log time, so no step waits for the device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genai_cli.config import TrainConfig
+from genai_cli.models import AdversarialModel, GenerativeModel, VariationalModel
+from genai_cli.runtime import autocast
+
+Losses = dict[str, torch.Tensor]
+
+
+def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel where PyTorch has one (CPU and CUDA): one launch per step."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
+
+
+class AdversarialObjective:
+    """Alternating D and G updates with logit losses (non-saturating BCE or hinge)."""
+
+    def __init__(self, model: AdversarialModel, train: TrainConfig, device: torch.device) -> None:
+        assert train.lr is not None and train.beta1 is not None
+        betas = (train.beta1, train.beta2)
+        self.model, self.device, self.loss = model, device, train.gan_loss
+        self.optimizers = {
+            "generator": adam(model.generator.parameters(), train.lr, betas, device),
+            "discriminator": adam(model.discriminator.parameters(), train.lr_d or train.lr, betas, device),
+        }
+
+    def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
+        g, d = self.model.generator, self.model.discriminator
+        opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
+        z = torch.randn(real.shape[0], self.model.latent_dim, device=real.device)
+
+        with autocast(self.device):
+            fake = g(z, labels)
+            d_real, d_fake = d(real, labels), d(fake.detach(), labels)
+        loss_d = self._d_loss(d_real.float(), d_fake.float())
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        # D's weight gradients are not needed for G's update: skip computing them.
+        d.requires_grad_(False)
+        with autocast(self.device):
+            d_fake_for_g = d(fake, labels).float()
+        loss_g = -d_fake_for_g.mean() if self.loss == "hinge" else F.softplus(-d_fake_for_g).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        d.requires_grad_(True)
+
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": torch.sigmoid(d_real.detach().float()).mean(),
+            "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
+        }
+
+    def _d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        if self.loss == "hinge":
+            return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        # softplus(-x) == BCE-with-logits(x, 1); softplus(x) == BCE-with-logits(x, 0)
+        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+
+
+def elbo_terms(model: VariationalModel, real: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-batch mean reconstruction (nats, Bernoulli on [0, 1] pixels) and KL to N(0, I)."""
+    mu, logvar = model.encoder(real, labels)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    logits = model.decode_logits(z, labels).float()
+    target = (real.float() + 1) / 2
+    n = real.shape[0]
+    recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / n
+    kl = -0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp()) / n
+    return recon, kl
+
+
+class ELBOObjective:
+    """Negative ELBO = reconstruction + beta * KL, one Adam step per batch."""
+
+    def __init__(self, model: VariationalModel, train: TrainConfig, device: torch.device) -> None:
+        assert train.lr is not None and train.beta1 is not None
+        self.model, self.device = model, device
+        self.optimizers = {"model": adam(model.parameters(), train.lr, (train.beta1, train.beta2), device)}
+
+    def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
+        with autocast(self.device):
+            recon, kl = elbo_terms(self.model, real, labels)
+        loss = recon + self.model.config.beta * kl
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
+
+
+Objective = AdversarialObjective | ELBOObjective
+
+
+def make_objective(model: GenerativeModel, train: TrainConfig, device: torch.device) -> Objective:
+    if isinstance(model, AdversarialModel):
+        return AdversarialObjective(model, train, device)
+    if isinstance(model, VariationalModel):
+        return ELBOObjective(model, train, device)
+    raise TypeError(f"no training objective for {type(model).__name__}")

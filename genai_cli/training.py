@@ -1,0 +1,385 @@
+"""The one training loop for every family: setup -> steps -> checkpoints -> result.
+
+Determinism is by construction, so `--resume` continues bit-for-bit on CPU: batch order
+is a function of (seed, epoch), all other randomness comes from the global RNGs whose
+states are saved with every checkpoint, and nothing in the loop depends on the total
+number of steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+
+from genai_cli import __version__, console
+from genai_cli import checkpoint as ckpt
+from genai_cli import images as imgs
+from genai_cli import sampling
+from genai_cli.config import Config, validate_train
+from genai_cli.data import ImageSource, load_dataset
+from genai_cli.errors import ExitCode, Interrupted, UsageError
+from genai_cli.fileio import append_line, atomic_write
+from genai_cli.models import MODELS, GenerativeModel, ModelSpec
+from genai_cli.objectives import Objective, make_objective
+from genai_cli.runtime import describe, pick_device, seed_everything
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLE_GRID_SIZE = 64
+# Flags that may change when a run is resumed; anything else would change the maths.
+RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every",
+             "train.sample_every", "train.save_every", "data.data_dir"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    checkpoint: str
+    step: int
+    epoch: int
+    losses: dict[str, float]
+    images_per_sec: float
+    seconds: float
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def flag_name(key: str) -> str:
+    """'train.batch_size' -> '--batch-size', for messages."""
+    special = {"model.kind": "--model", "data.name": "--data"}
+    return special.get(key, "--" + key.split(".")[1].replace("_", "-"))
+
+
+def apply_flags(config: Config, flags: dict[str, Any], resuming: bool = False) -> Config:
+    """Return a copy of `config` with 'section.field' -> value flags applied."""
+    config = Config.from_dict(json.loads(config.to_json()))
+    if flags.get("train.epochs") is not None and flags.get("train.steps") is None:
+        config.train.steps = None  # --epochs on its own means epochs, even over a stored --steps
+    for key, value in flags.items():
+        section, name = key.split(".")
+        if value is None or (resuming and getattr(getattr(config, section), name) == value):
+            continue
+        if resuming and key not in RESUMABLE:
+            flag = flag_name(key)
+            raise UsageError(f"{flag} cannot change when resuming (it would change the run); start a new run instead")
+        setattr(getattr(config, section), name, value)
+    return config
+
+
+def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Config:
+    """Fill family defaults and dataset facts so the stored config is complete."""
+    model, data, train = config.model, config.data, config.train
+    model.kind = spec.name
+    model.latent_dim = model.latent_dim or spec.latent_dim
+    model.channels, model.image_size = source.channels, source.image_size
+    model.num_classes = len(source.classes) if spec.conditional else 0
+    data.classes = list(source.classes)
+    train.lr = train.lr or spec.lr
+    train.beta1 = spec.beta1 if train.beta1 is None else train.beta1
+    if spec.conditional and not source.labelled:
+        raise UsageError(f"--model {spec.name} needs labelled data but {source.name} has no classes; "
+                         "use class sub-folders or an unconditional model")
+    if model.latent_dim < 1 or model.width < 1:
+        raise UsageError("--latent-dim and --width must be at least 1")
+    return config
+
+
+def load_source(config: Config) -> ImageSource:
+    return load_dataset(
+        config.data.name, data_dir=config.data.data_dir, split=config.data.split,
+        channels=config.model.channels, image_size=config.model.image_size,
+    )
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def new_run_dir(root: Path, config: Config) -> Path:
+    """runs/<model>-<data>-NNN with the next free number."""
+    data = Path(config.data.name).name if Path(config.data.name).exists() else config.data.name
+    stem = f"{config.model.kind}-{data}"
+    taken = [int(p.name.rsplit("-", 1)[1]) for p in root.glob(f"{stem}-[0-9][0-9][0-9]*") if p.name.rsplit("-", 1)[1].isdigit()]
+    return root / f"{stem}-{max(taken, default=0) + 1:03d}"
+
+
+def point_latest(run_dir: Path) -> None:
+    """Atomically re-point <parent>/latest at this run (a relative symlink)."""
+    link, tmp = run_dir.parent / "latest", run_dir.parent / f".latest.{run_dir.name}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        tmp.replace(link)
+    except OSError as err:
+        console.warn(f"could not update {link}: {err.strerror or err}; pass --checkpoint {run_dir} to sample")
+
+
+def prepare_run_dir(out: str | None, config: Config) -> Path:
+    run_dir = Path(out) if out else new_run_dir(Path("runs"), config)
+    if (run_dir / ckpt.MODEL_FILE).exists() or (run_dir / ckpt.STATE_FILE).exists():
+        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    try:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create run directory {run_dir}: {err.strerror or err}; choose a writable --out") from err
+    return run_dir
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop log lines past the checkpoint: those steps are about to be redone."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from a crash
+    atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+# ---------------------------------------------------------------- signals
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked at step boundaries, so a checkpoint is saved."""
+
+    EXIT_CODES = {signal.SIGINT: ExitCode.SIGINT, signal.SIGTERM: ExitCode.SIGTERM}
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.EXIT_CODES:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # a second signal: stop now; atomic writes keep files whole
+            raise KeyboardInterrupt
+        self.signum = signum
+        console.warn(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step")
+
+    def raise_if_requested(self, run_dir: Path, step: int) -> None:
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            raise Interrupted(
+                f"stopped by {name} at step {step}; checkpoint saved, continue with: genai train --resume {run_dir}",
+                self.EXIT_CODES[signal.Signals(self.signum)],
+            )
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class Session:
+    """Everything a run holds while training."""
+
+    config: Config
+    run_dir: Path
+    device: torch.device
+    source: ImageSource
+    model: GenerativeModel
+    objective: Objective
+    step: int = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.source.batches_per_epoch(self.config.train.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        t = self.config.train
+        return t.steps if t.steps is not None else t.epochs * self.steps_per_epoch
+
+    def save(self) -> Path:
+        epoch = self.step // self.steps_per_epoch
+        model_path = self.run_dir / ckpt.MODEL_FILE
+        ckpt.save_training_state(self.run_dir / ckpt.STATE_FILE, self.model, self.objective.optimizers,
+                                 self.config, self.step, epoch, str(self.device))
+        ckpt.save_model(model_path, self.model, self.config, self.step, epoch, str(self.device))
+        return model_path
+
+
+@dataclass
+class Plan:
+    """A run resolved from flags (and a checkpoint when resuming), before any model exists."""
+
+    config: Config
+    spec: ModelSpec
+    device: torch.device
+    source: ImageSource
+    state: ckpt.TrainingState | None
+
+
+def plan_run(flags: dict[str, Any], resume: str | None) -> Plan:
+    state = ckpt.load_training_state(Path(resume)) if resume else None
+    base = state.checkpoint.config if state else Config()
+    config = apply_flags(base, flags, resuming=state is not None)
+    validate_train(config.train)
+    spec = MODELS.get(config.model.kind)
+    device = pick_device(config.train.device)
+    source = load_source(config)
+    config = resolve_config(config, spec, source)
+    if source.batches_per_epoch(config.train.batch_size) < 1:
+        raise UsageError(f"--batch-size {config.train.batch_size} is larger than the dataset ({len(source)} images); lower it")
+    return Plan(config, spec, device, source, state)
+
+
+def resolve(flags: dict[str, Any], resume: str | None = None) -> Config:
+    """The complete config a `train` call would use (for --dry-run)."""
+    return plan_run(flags, resume).config
+
+
+def start_session(plan: Plan, out: str | None, resume: str | None) -> Session:
+    config, device, state = plan.config, plan.device, plan.state
+    seed_everything(config.train.seed)
+    model = plan.spec.build(config.model).to(device)
+    objective = make_objective(model, config.train, device)
+    if state is None:
+        return Session(config, prepare_run_dir(out, config), device, plan.source, model, objective)
+    run_dir = Path(resume)
+    ckpt.load_weights_into(model, state.model_weights, state.checkpoint.path)
+    for name, optimizer in objective.optimizers.items():
+        optimizer.load_state_dict(state.optimizers[name])
+    ckpt.restore_rng_state(state.rng)
+    trim_metrics(run_dir / METRICS_FILE, state.checkpoint.step)
+    return Session(config, run_dir, device, plan.source, model, objective, state.checkpoint.step)
+
+
+def train(flags: dict[str, Any], out: str | None = None, resume: str | None = None) -> TrainResult:
+    """Train from CLI-style flags ('section.field' -> value; None means not given)."""
+    if out and resume:
+        raise UsageError("--out and --resume both name the run directory; give only --resume")
+    session = start_session(plan_run(flags, resume), out, resume)
+    cfg, run_dir = session.config, session.run_dir
+    ckpt.save_config(run_dir, cfg)
+    point_latest(run_dir)
+    console.info(f"genai {__version__}: training {cfg.model.kind} on {session.source.name} "
+                 f"({len(session.source)} images, {session.source.location}) on {describe(session.device)}")
+    console.info(f"run directory {run_dir}; {session.total_steps} steps of batch {cfg.train.batch_size}"
+                 + (f", resuming at step {session.step}" if resume else ""))
+    fixed_z, fixed_labels, per_row = fixed_sample_inputs(session)
+    started = time.perf_counter()
+    start_step = session.step
+    with StopRequest() as stop, console.step_progress(session.total_steps, session.step, cfg.train.log_every) as progress:
+        final_losses = run_steps(session, stop, progress, fixed_z, fixed_labels, per_row)
+    seconds = time.perf_counter() - started
+    model_path = session.save()
+    write_sample_grid(session, fixed_z, fixed_labels, per_row)
+    write_loss_curve(run_dir)
+    done = session.step - start_step
+    return TrainResult(
+        run_dir=str(run_dir), checkpoint=str(model_path), step=session.step,
+        epoch=session.step // session.steps_per_epoch, losses=final_losses,
+        images_per_sec=done * cfg.train.batch_size / seconds if seconds > 0 else 0.0,
+        seconds=seconds, device=str(session.device),
+    )
+
+
+def run_steps(session: Session, stop: StopRequest, progress: console.StepProgress,
+              fixed_z: torch.Tensor, fixed_labels: torch.Tensor | None, per_row: int) -> dict[str, float]:
+    cfg = session.config.train
+    sums: dict[str, torch.Tensor] = {}
+    last: dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    while session.step < session.total_steps:
+        epoch, start_batch = divmod(session.step, session.steps_per_epoch)
+        for images, labels in session.source.epoch_batches(epoch, cfg.batch_size, cfg.seed, session.device, start_batch):
+            losses = session.objective.step(images.float() / 127.5 - 1, labels)
+            for k, v in losses.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            session.step += 1
+            window_steps += 1
+            progress.advance(session.step)
+            step, finished = session.step, session.step >= session.total_steps
+            if step % cfg.log_every == 0 or finished or stop.signum is not None:
+                last = log_window(session, progress, sums, window_steps, time.perf_counter() - window_start)
+                sums, window_steps, window_start = {}, 0, time.perf_counter()
+            if step % cfg.sample_every == 0:
+                write_sample_grid(session, fixed_z, fixed_labels, per_row)
+            if stop.signum is not None:
+                session.save()
+                stop.raise_if_requested(session.run_dir, step)
+            if step % cfg.save_every == 0 and not finished:
+                session.save()
+            if finished:
+                break
+    return last
+
+
+def log_window(session: Session, progress: console.StepProgress, sums: dict[str, torch.Tensor],
+               steps: int, seconds: float) -> dict[str, float]:
+    """Average the window's losses (the only host sync) and append one metrics line."""
+    names = list(sums)
+    means = torch.stack([sums[k].float() for k in names]).div(steps).tolist() if names else []
+    losses = dict(zip(names, means))
+    row = {
+        "step": session.step,
+        "epoch": round(session.step / session.steps_per_epoch, 4),
+        **losses,
+        "images_per_sec": round(steps * session.config.train.batch_size / max(seconds, 1e-9), 2),
+        "time": round(time.time(), 3),
+    }
+    append_line(session.run_dir / METRICS_FILE, json.dumps(row))
+    progress.report(session.step, {k: v for k, v in row.items() if k not in ("time", "step")})
+    return losses
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def fixed_sample_inputs(session: Session) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The same latents (and a per-class layout, row k = class k) for every grid of a run."""
+    classes = session.model.config.num_classes
+    n = 10 * classes if session.model.conditional else SAMPLE_GRID_SIZE
+    z = sampling.latents(list(range(n)), session.model.latent_dim)
+    if session.model.conditional:
+        labels, per_row = sampling.class_rows(n, classes)
+        return z, labels, per_row
+    return z, None, math.isqrt(n)
+
+
+def write_sample_grid(session: Session, z: torch.Tensor, labels: torch.Tensor | None, per_row: int) -> None:
+    images = sampling.generate(session.model, z, labels, session.device)
+    path = session.run_dir / "samples" / f"step_{session.step:06d}.png"
+    atomic_write(path, imgs.png_bytes(imgs.grid(images, per_row)))
+
+
+def write_loss_curve(run_dir: Path) -> None:
+    rows = read_metrics(run_dir / METRICS_FILE)
+    keys = [k for k in ("loss_d", "loss_g", "loss", "recon", "kl") if rows and k in rows[-1]]
+    if rows and keys:
+        atomic_write(run_dir / "loss.png", imgs.loss_curve_png(rows, keys))
