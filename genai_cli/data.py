@@ -1,0 +1,576 @@
+"""Datasets as uint8 image tensors: registered datasets, image folders, deterministic batches.
+
+`load_dataset` turns a name into an `ImageSource`. Registered names (mnist, fashion-mnist,
+kmnist, cifar10) are read from torchvision's raw layout under the first data root that holds
+them (see `resolve_data_roots`); anything else that is a directory is an image folder.
+Small datasets live in memory as one N×C×H×W uint8 tensor and batches are gathered by
+index; folders too big for `MEMORY_BUDGET_BYTES` stream through DataLoader workers. Both
+draw the same seeded permutation, so a seed gives the same batches on every device, for a
+resumed run and for any number of ranks. Nothing here unpickles: IDX and CIFAR's binary
+format are parsed directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import sys
+import zlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from genai_cli import console
+from genai_cli.errors import DataError, UsageError
+from genai_cli.registry import Registry, normalise_name
+
+# Where Debian's `dataset-*` packages install; tests point this elsewhere.
+DEBIAN_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+MEMORY_BUDGET_BYTES = 2 * 1024**3  # decoded folders larger than this stream from disk
+FOLDER_IMAGE_SIZE = 64  # default square size for image folders
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+DECODE_THREADS = min(8, os.cpu_count() or 1)
+STREAM_WORKERS = min(4, os.cpu_count() or 1)
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]  # uint8 images, int64 labels or None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    folder: str  # torchvision's folder (and class) name under a data root
+    fmt: str  # "idx" (MNIST family) or "cifar" (CIFAR-10 binary version)
+    classes: tuple[str, ...] = ()  # empty: read from the dataset's files
+
+
+FASHION_CLASSES = "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
+KMNIST_CLASSES = "o,ki,su,tsu,na,ha,ma,ya,re,wo"  # romaji of the ten hiragana
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+DATASETS.add("mnist", DatasetSpec("MNIST", "idx", tuple("0123456789")))
+DATASETS.add("fashion-mnist", DatasetSpec("FashionMNIST", "idx", tuple(FASHION_CLASSES.split(","))))
+DATASETS.add("kmnist", DatasetSpec("KMNIST", "idx", tuple(KMNIST_CLASSES.split(","))))
+DATASETS.add("cifar10", DatasetSpec("cifar-10-batches-bin", "cifar"))  # classes: batches.meta.txt
+
+
+def dataset_names() -> list[str]:
+    return DATASETS.names()
+
+
+# ---------------------------------------------------------------- sources and batching
+
+
+@dataclass
+class ImageSource:
+    """Images of one dataset, converted to `channels` × `image_size`²; see `epoch_batches`."""
+
+    name: str
+    classes: list[str]
+    channels: int
+    image_size: int
+    location: str
+    labels: torch.Tensor | None  # int64 N, None when unlabelled
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+    def batches_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+        """Full global batches only (drop_last), so every step sees the same batch size."""
+        if batch_size < 1 or world_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        count = len(self) // (batch_size * world_size)
+        if count == 0:
+            raise UsageError(
+                f"batch size {batch_size} × {world_size} rank(s) exceeds the {len(self)} images "
+                f"of {self.name}; use a smaller --batch-size"
+            )
+        return count
+
+    def epoch_batches(
+        self,
+        epoch: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Batch]:
+        """uint8 N×C×H×W images on `device` and int64 labels (None when unlabelled).
+
+        The order is a permutation drawn on the CPU from (seed, epoch) alone, so it is the
+        same on every device and for a resumed run; `start_batch` skips the batches already
+        done. Rank r takes slice r of each global batch of batch_size × world_size, so the
+        ranks of a 2-rank run together see what a 1-rank run with twice the batch sees.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        count = self.batches_per_epoch(batch_size, world_size)
+        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        order = torch.randperm(len(self), generator=generator)
+        global_batch = batch_size * world_size
+        starts = [b * global_batch + rank * batch_size for b in range(max(start_batch, 0), count)]
+        return self._batches([order[s : s + batch_size] for s in starts], device)
+
+    def _batches(self, indices: list[torch.Tensor], device: torch.device) -> Iterator[Batch]:
+        for index, images in zip(indices, self._images_at(indices)):
+            labels = None if self.labels is None else self.labels[index].to(device)
+            yield images.to(device), labels
+
+    def _images_at(self, indices: list[torch.Tensor]) -> Iterable[torch.Tensor]:
+        """One uint8 CPU batch per index tensor, in order."""
+        raise NotImplementedError
+
+    def all_images(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def all_labels(self) -> torch.Tensor | None:
+        return self.labels
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A stable 64-bit seed per (seed, epoch); Python's hash() is not stable across builds."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little")
+
+
+@dataclass
+class InMemorySource(ImageSource):
+    images: torch.Tensor  # uint8 N×C×H×W
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _images_at(self, indices: list[torch.Tensor]) -> Iterable[torch.Tensor]:
+        return (self.images.index_select(0, index) for index in indices)
+
+    def all_images(self) -> torch.Tensor:
+        return self.images
+
+
+@dataclass
+class StreamingSource(ImageSource):
+    """A folder too large for memory: DataLoader workers decode each batch from disk.
+
+    It is its own map-style dataset (`self[i]` decodes file i) for those workers."""
+
+    files: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        image = _try_decode(self.files[i], self.channels, self.image_size)
+        if image is None:
+            raise DataError(f"cannot decode {self.files[i]}; delete or replace it")
+        return image
+
+    def _images_at(self, indices: list[torch.Tensor]) -> Iterable[torch.Tensor]:
+        batches = [index.tolist() for index in indices]
+        return torch.utils.data.DataLoader(self, batch_sampler=batches, num_workers=STREAM_WORKERS)
+
+    def all_images(self) -> torch.Tensor:
+        console.info(f"decoding all {len(self)} images of {self.name} into memory")
+        images, ok = _decode_all(self.files, self.channels, self.image_size)
+        if not ok.all():
+            raise DataError(f"cannot decode {self.files[int(ok.argmin())]}; delete or replace it")
+        return images
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def resolve_data_roots(data_dir: str | None) -> list[Path]:
+    """Roots searched in order: `data_dir` (--data-dir), $GENAI_DATA_DIR, then the cache
+    `$XDG_CACHE_HOME/genai/datasets` (default ~/.cache/genai/datasets). The first one is
+    where downloads and Debian's decompressed files are written."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    candidates = [data_dir, os.environ.get("GENAI_DATA_DIR"), cache / "genai" / "datasets"]
+    roots: list[Path] = []
+    for candidate in candidates:
+        if candidate and Path(candidate).expanduser() not in roots:
+            roots.append(Path(candidate).expanduser())
+    return roots
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    split: str = "train",
+    channels: int | None = None,
+    image_size: int | None = None,
+    download: bool = True,
+) -> ImageSource:
+    """A registered dataset or an image folder, converted to `channels` × `image_size`².
+
+    None keeps the dataset's own: 1 channel and 28 px for the MNIST family, 3 and 32 for
+    cifar10; folders are 1 channel only when every image is grayscale, and 64 px. A
+    registered name wins over a folder of that name (write ./mnist for the folder).
+    """
+    if split not in ("train", "test"):
+        raise UsageError(f"unknown split {split!r}; choose 'train' or 'test'")
+    if channels not in (None, 1, 3):
+        raise UsageError(f"channels must be 1 or 3, got {channels}")
+    if image_size is not None and image_size < 1:
+        raise UsageError(f"image size must be positive, got {image_size}")
+    if name in DATASETS:
+        source = _load_registered(name, split, data_dir, channels, image_size, download)
+    elif Path(name).expanduser().is_dir():
+        if split != "train":
+            console.info(f"image folders have no splits; using every image in {name}")
+        source = _load_folder(Path(name).expanduser(), channels, image_size)
+    else:
+        raise UsageError(f"{DATASETS.unknown_message(name)}; or give an image folder path")
+    labels = f"{len(source.classes)} classes" if source.labelled else "unlabelled"
+    console.info(
+        f"{source.name}: {len(source)} images {source.channels}×{source.image_size}×"
+        f"{source.image_size}, {labels}, from {source.location}"
+    )
+    return source
+
+
+# ---------------------------------------------------------------- registered datasets
+
+
+def _load_registered(
+    name: str,
+    split: str,
+    data_dir: str | None,
+    channels: int | None,
+    image_size: int | None,
+    download: bool,
+) -> InMemorySource:
+    key = normalise_name(name)
+    spec, roots = DATASETS.get(key), resolve_data_roots(data_dir)
+    files = _split_files(spec, split)
+    paths = _locate(key, spec, roots, files)
+    if paths is None:
+        outcome = _try_download(spec, roots[0], split, download)
+        paths = _locate(key, spec, roots, files)
+    if paths is None:
+        raise DataError(_not_found_message(key, spec, roots, split, outcome))
+    images, labels, classes = _read_idx_split(paths) if spec.fmt == "idx" else _read_cifar(paths)
+    classes = list(spec.classes) or classes
+    if len(labels) and int(labels.max()) >= len(classes):
+        raise DataError(
+            f"{paths[-1]} has label {int(labels.max())} but {key} has "
+            f"{len(classes)} classes; replace the file with the original"
+        )
+    images = _convert(images, channels or images.shape[1], image_size or images.shape[-1])
+    return InMemorySource(
+        key, classes, images.shape[1], images.shape[-1], str(paths[0].parent), labels, images
+    )
+
+
+def _split_files(spec: DatasetSpec, split: str) -> list[str]:
+    if spec.fmt == "cifar":
+        batches = (
+            [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+        )
+        return [*batches, "batches.meta.txt"]
+    prefix = "train" if split == "train" else "t10k"
+    return [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+
+
+def _data_folder(spec: DatasetSpec, root: Path) -> Path:
+    return root / spec.folder if spec.fmt == "cifar" else root / spec.folder / "raw"
+
+
+def _find(folder: Path, filename: str) -> Path | None:
+    """The decompressed file if present (faster), else its .gz."""
+    for path in (folder / filename, folder / f"{filename}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _find_all(folder: Path, files: list[str]) -> list[Path] | None:
+    found = [_find(folder, f) for f in files]
+    return None if None in found else found  # type: ignore[return-value]
+
+
+def _locate(key: str, spec: DatasetSpec, roots: list[Path], files: list[str]) -> list[Path] | None:
+    for root in roots:
+        if found := _find_all(_data_folder(spec, root), files):
+            return found
+    debian = DEBIAN_DIRS.get(key)
+    if debian is not None and (found := _find_all(debian, files)):
+        return _import_debian(spec, debian, _data_folder(spec, roots[0]), files, found)
+    return None
+
+
+def _import_debian(
+    spec: DatasetSpec, source: Path, dest: Path, files: list[str], found: list[Path]
+) -> list[Path]:
+    """Decompress Debian's files into the torchvision layout: they are recompressed, so
+    torchvision's md5 check would reject the .gz files and try the network."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in _split_files(spec, "train") + _split_files(spec, "test"):
+            if (path := _find(source, name)) is not None:
+                tmp = dest / f".{name}.tmp"
+                tmp.write_bytes(_read_bytes(path))
+                os.replace(tmp, dest / name)
+    except OSError as err:
+        console.info(f"cannot write {dest} ({err.strerror or err}); reading the files in {source}")
+        return found
+    console.info(f"decompressed Debian's files from {source} into {dest}")
+    return [dest / name for name in files]
+
+
+def _try_download(spec: DatasetSpec, root: Path, split: str, allowed: bool) -> str:
+    """Download into `root` if allowed; returns what happened, for the not-found message."""
+    if not allowed:
+        return "download disabled"
+    if os.environ.get("GENAI_OFFLINE", "") not in ("", "0"):
+        return "not downloaded: GENAI_OFFLINE is set"
+    try:
+        _download(spec, root, split)
+    except Exception as err:  # noqa: BLE001 - network, md5 and archive errors: no download
+        return f"download failed: {(str(err) or repr(err)).splitlines()[0]}"
+    return "downloaded, but the files are still missing"
+
+
+def _download(spec: DatasetSpec, root: Path, split: str) -> None:
+    """torchvision's downloaders; they print to stdout, which carries data, so redirect it."""
+    import torchvision.datasets
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    root.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(sys.stderr):
+        if spec.fmt == "cifar":
+            download_and_extract_archive(CIFAR_URL, str(root), md5=CIFAR_MD5)
+        else:
+            getattr(torchvision.datasets, spec.folder)(
+                str(root), train=split == "train", download=True
+            )
+
+
+def _not_found_message(
+    key: str, spec: DatasetSpec, roots: list[Path], split: str, failure: str
+) -> str:
+    where = _data_folder(spec, roots[0])
+    other = "test" if split == "train" else "train"
+    wanted = ", ".join(f"{f}[.gz]" if spec.fmt == "idx" else f for f in _split_files(spec, split))
+    for root in roots:
+        if _find_all(_data_folder(spec, root), _split_files(spec, other)):
+            return (
+                f"{key} has no {split} split in {_data_folder(spec, root)} (only the {other} "
+                f"files are there); use --split {other}, or put {wanted} in that folder"
+            )
+    apt = f", or `apt-get install dataset-{key}`" if key in DEBIAN_DIRS else ""
+    searched = ", ".join(str(_data_folder(spec, root)) for root in roots)
+    return (
+        f"dataset {key} ({split} split) not found ({failure}); put {wanted} in {where}, or "
+        f"point --data-dir or $GENAI_DATA_DIR at a folder holding {where.relative_to(roots[0])}"
+        f"{apt}; searched: {searched}"
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if path.suffix == ".gz" else data
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"cannot read {path} ({err}); delete it and download it again") from err
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes (magic 0x0000 08 <ndim>), checked against its header."""
+    data = _read_bytes(path)
+    header = 4 + 4 * ndim
+    if len(data) < header or data[:4] != bytes([0, 0, 8, ndim]):
+        raise DataError(
+            f"{path} is not an IDX file of {ndim}-D unsigned bytes; replace it with "
+            "the original (delete it to download it again)"
+        )
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if len(data) != header + int(np.prod(dims)):
+        raise DataError(
+            f"{path} is truncated or corrupt: its header says {dims} but it holds "
+            f"{len(data) - header} bytes; delete it and download it again"
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def _read_idx_split(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images, labels = _read_idx(paths[0], 3), _read_idx(paths[1], 1)
+    if len(images) != len(labels):
+        raise DataError(
+            f"{paths[0]} holds {len(images)} images but {paths[1]} holds "
+            f"{len(labels)} labels; replace them with matching files"
+        )
+    return (
+        torch.from_numpy(images.copy()).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+        [],
+    )
+
+
+def _read_cifar(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """CIFAR-10 binary batches: records of 1 label byte + 3072 bytes of CHW pixels."""
+    *batches, meta = paths
+    chunks = []
+    for path in batches:
+        data = _read_bytes(path)
+        if not data or len(data) % 3073:
+            raise DataError(
+                f"{path} is truncated or corrupt ({len(data)} bytes is not a whole "
+                "number of 3073-byte records); delete it and download it again"
+            )
+        chunks.append(np.frombuffer(data, np.uint8).reshape(-1, 3073))
+    records = np.concatenate(chunks)
+    classes = [line.strip() for line in _read_bytes(meta).decode().splitlines() if line.strip()]
+    images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())
+    return images, torch.from_numpy(records[:, 0].astype(np.int64)), classes
+
+
+def _convert(images: torch.Tensor, channels: int, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Channels and size of a uint8 N×C×H×W tensor, once at load, in chunks to bound memory."""
+    if images.shape[1] == channels and images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty((len(images), channels, size, size), dtype=torch.uint8)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R BT.601
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].float()
+        if x.shape[1] != channels:
+            x = x.repeat(1, 3, 1, 1) if channels == 3 else (x * luma).sum(1, keepdim=True)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        out[start : start + chunk] = x.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def _load_folder(folder: Path, channels: int | None, image_size: int | None) -> ImageSource:
+    """Decoded into memory when it fits in MEMORY_BUDGET_BYTES, else streamed from disk."""
+    files, labels, classes = _scan_folder(folder)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        modes = list(pool.map(_peek_mode, files))
+    skipped = [f for f, mode in zip(files, modes) if mode is None]
+    keep = [i for i, mode in enumerate(modes) if mode is not None]
+    channels = channels or (1 if all(modes[i] in GRAY_MODES for i in keep) else 3)
+    size = image_size or FOLDER_IMAGE_SIZE
+    files, labels = [files[i] for i in keep], None if labels is None else labels[keep]
+    images = None
+    if len(files) * channels * size * size <= MEMORY_BUDGET_BYTES:
+        images, ok = _decode_all(files, channels, size)
+        skipped += [f for f, good in zip(files, ok.tolist()) if not good]
+        images, labels = images[ok], None if labels is None else labels[ok]
+    _warn_skipped(skipped)
+    if (len(files) if images is None else len(images)) == 0:
+        raise DataError(f"none of the {len(skipped)} image files in {folder} can be read")
+    common = (str(folder), classes, channels, size, str(folder.resolve()), labels)
+    if images is None:
+        console.info(f"{folder} is larger than MEMORY_BUDGET_BYTES; streaming it from disk")
+        return StreamingSource(*common, files=files)
+    return InMemorySource(*common, images=images)
+
+
+def _scan_folder(folder: Path) -> tuple[list[Path], torch.Tensor | None, list[str]]:
+    """Class sub-folders (sorted) give labels; a folder with loose images only is unlabelled."""
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    per_class = {d.name: _image_files(d, recursive=True) for d in subdirs}
+    loose = _image_files(folder, recursive=False)
+    if not any(per_class.values()):
+        if not loose:
+            raise DataError(
+                f"no images in {folder} or its sub-folders (looked for "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
+            )
+        return loose, None, []
+    if loose:
+        console.warn(
+            f"ignoring {len(loose)} image(s) directly in {folder}: with class "
+            "sub-folders present only their images are used"
+        )
+    if empty := [name for name, found in per_class.items() if not found]:
+        console.warn(f"ignoring class folder(s) without images in {folder}: {', '.join(empty)}")
+    classes = [name for name, found in per_class.items() if found]
+    files = [f for name in classes for f in per_class[name]]
+    labels = [i for i, name in enumerate(classes) for _ in per_class[name]]
+    return files, torch.tensor(labels, dtype=torch.int64), classes
+
+
+def _image_files(folder: Path, recursive: bool) -> list[Path]:
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in candidates
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def _peek_mode(path: Path) -> str | None:
+    """The image mode from the header alone (cheap); None when it is not an image."""
+    try:
+        with Image.open(path) as image:
+            return image.mode
+    except Exception:  # noqa: BLE001 - PIL raises many types on bad files
+        return None
+
+
+def _decode_all(files: list[Path], channels: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode every file into one tensor with a thread pool (PIL releases the GIL while it
+    decodes); returns the images and a bool mask of the files that decoded."""
+    images = torch.zeros((len(files), channels, size, size), dtype=torch.uint8)
+    ok = torch.zeros(len(files), dtype=torch.bool)
+
+    def decode(i: int) -> None:
+        image = _try_decode(files[i], channels, size)
+        if image is not None:
+            images[i], ok[i] = image, True
+
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        for done, _ in enumerate(pool.map(decode, range(len(files))), start=1):
+            if done % 5000 == 0:
+                console.info(f"decoded {done}/{len(files)} images")
+    return images, ok
+
+
+def _try_decode(path: Path, channels: int, size: int) -> torch.Tensor | None:
+    try:
+        return _decode_image(path, channels, size)
+    except Exception:  # noqa: BLE001 - PIL raises many types on bad files
+        return None
+
+
+def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
+    """One file -> uint8 C×size×size: transparency on white, 16-bit scaled to 8, then a
+    bicubic resize of the shorter side to `size` and a centre crop."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit range, not 0..255
+            pixels = np.asarray(image).astype(np.float32) / 257.0
+            image = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8), "L")
+        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+        if image.mode not in ("L", "RGB"):  # P, 1, CMYK, YCbCr, RGBA after compositing, ...
+            image = image.convert("RGB")
+        image = image.convert("L" if channels == 1 else "RGB")
+        image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return pixels.unsqueeze(0) if channels == 1 else pixels.permute(2, 0, 1).contiguous()
+
+
+def _warn_skipped(skipped: list[Path]) -> None:
+    """One warning for all unreadable files, not one per file."""
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        console.warn(f"skipped {len(skipped)} unreadable image file(s): {names}")

@@ -1,0 +1,111 @@
+"""Shared fixtures: no network, no user data roots, and tiny datasets built in tmp_path.
+
+The builders are plain functions too (`from conftest import make_idx_dataset`) so a test can
+build a dataset with its own parameters.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """Tests never download and never see the developer's own dataset cache."""
+    monkeypatch.setenv("GENAI_OFFLINE", "1")
+    monkeypatch.delenv("GENAI_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """An IDX file of unsigned bytes; gzip-compressed when the name ends in .gz."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+def make_idx_dataset(
+    root: Path,
+    folder: str = "FashionMNIST",
+    n_train: int = 64,
+    n_test: int = 16,
+    gz: bool = False,
+    size: int = 28,
+    seed: int = 0,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`<root>/<folder>/raw/` in torchvision's layout; a split with 0 images is not written.
+
+    Returns {"train": (images N×size×size, labels N), "test": ...} as written.
+    """
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        if n == 0:
+            continue
+        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        suffix = ".gz" if gz else ""
+        write_idx(root / folder / "raw" / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(root / folder / "raw" / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+        written[split] = (images, labels)
+    return written
+
+
+def make_image(size: int | tuple[int, int], mode: str = "RGB", seed: int = 0) -> Image.Image:
+    """A random image in any PIL mode used by the tests (RGB, L, RGBA, LA, P, I;16, 1)."""
+    width, height = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        pixels = rng.integers(0, 65536, (height, width), dtype=np.uint16)
+        return Image.fromarray(pixels)
+    rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+    if mode == "P":
+        return rgb.quantize(16)
+    return rgb.convert(mode)
+
+
+def make_image_folder(
+    path: Path,
+    classes: Sequence[str] = ("cat", "dog"),
+    n_per_class: int = 5,
+    size: int = 20,
+    mode: str = "RGB",
+    ext: str = "png",
+) -> Path:
+    """Class sub-folders of images, or a flat folder of images when `classes` is empty."""
+    for c, name in enumerate(classes or [""]):
+        folder = path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            make_image(size, mode, seed=100 * c + i).save(folder / f"img{i:03d}.{ext}")
+    return path
+
+
+@pytest.fixture
+def idx_root(tmp_path: Path) -> Path:
+    """A data root holding a tiny FashionMNIST (64 train, 16 test) in torchvision's layout."""
+    make_idx_dataset(tmp_path / "datasets")
+    return tmp_path / "datasets"
+
+
+@pytest.fixture
+def labelled_folder(tmp_path: Path) -> Path:
+    """Two classes (cat, dog) of 5 RGB 20×20 PNGs each."""
+    return make_image_folder(tmp_path / "labelled")
+
+
+@pytest.fixture
+def flat_folder(tmp_path: Path) -> Path:
+    """Eight loose RGB 20×20 PNGs, no classes."""
+    return make_image_folder(tmp_path / "flat", classes=(), n_per_class=8)

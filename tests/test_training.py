@@ -1,0 +1,156 @@
+"""The training loop: every family learns, resume is bit-exact, signals save and exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder, write_idx
+from safetensors.torch import load_file
+
+from genai_cli import checkpoint as ckpt
+from genai_cli import training
+from genai_cli.errors import UsageError
+
+TINY = {"model.width": 8, "model.image_size": 16, "train.batch_size": 16, "train.log_every": 5}
+
+
+@pytest.fixture(scope="module")
+def bars_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 structured 28x28 images: class k is a bright bar at a class-specific row, plus noise.
+
+    Unlike pure noise, this has something to learn, so a loss that falls means learning.
+    """
+    root = tmp_path_factory.mktemp("bars")
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 4
+    images = rng.integers(0, 40, (64, 28, 28))
+    for i, k in enumerate(labels):
+        images[i, 4 + 6 * k : 8 + 6 * k, 4:24] = 220
+    write_idx(root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte", images)
+    write_idx(root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte", labels)
+    return root
+
+
+def flags(root: Path, kind: str, **extra: object) -> dict:
+    return {"model.kind": kind, "data.name": "fashion-mnist", "data.data_dir": str(root), **TINY, **extra}
+
+
+def metrics(run_dir: str | Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["gan", "dcgan", "cgan"])
+def test_adversarial_families_learn_to_discriminate(bars_root: Path, tmp_path: Path, kind: str) -> None:
+    result = training.train(flags(bars_root, kind, **{"train.steps": 30}), out=str(tmp_path / kind))
+    rows = metrics(result.run_dir)
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert rows[-1]["loss_g"] != rows[0]["loss_g"]
+    assert rows[-1]["d_real"] > rows[-1]["d_fake"]  # D separates real from generated
+    assert all(np.isfinite(r["loss_d"]) and np.isfinite(r["loss_g"]) for r in rows)
+
+
+@pytest.mark.parametrize("kind", ["vae", "cvae"])
+def test_variational_families_reduce_the_elbo(bars_root: Path, tmp_path: Path, kind: str) -> None:
+    result = training.train(flags(bars_root, kind, **{"train.steps": 30}), out=str(tmp_path / kind))
+    rows = metrics(result.run_dir)
+    assert rows[-1]["loss"] < 0.9 * rows[0]["loss"]
+    assert rows[-1]["loss"] == pytest.approx(rows[-1]["recon"] + rows[-1]["kl"], rel=1e-5)
+
+
+def test_run_directory_contents(bars_root: Path, tmp_path: Path) -> None:
+    result = training.train(flags(bars_root, "dcgan", **{"train.steps": 10, "train.sample_every": 5}),
+                            out=str(tmp_path / "run"))
+    run = Path(result.run_dir)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000005.png", "step_000010.png"]
+    for name in ("model.safetensors", "training_state.safetensors", "config.json", "loss.png", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    assert (tmp_path / "latest").resolve() == run.resolve()
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["channels"] == 1 and saved["model"]["image_size"] == 16
+    assert saved["data"]["classes"][0] == "T-shirt/top"
+    assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize("kind", ["gan", "dcgan", "cvae"])
+def test_resume_is_bitwise_identical_to_one_straight_run(bars_root: Path, tmp_path: Path, kind: str) -> None:
+    """N steps, stop, resume for M steps == N + M steps straight (crossing an epoch boundary)."""
+    straight = training.train(flags(bars_root, kind, **{"train.steps": 7}), out=str(tmp_path / "straight"))
+    first = training.train(flags(bars_root, kind, **{"train.steps": 3}), out=str(tmp_path / "split"))
+    resumed = training.train({"train.steps": 7}, resume=first.run_dir)
+    a = load_file(Path(straight.run_dir) / ckpt.MODEL_FILE)
+    b = load_file(Path(resumed.run_dir) / ckpt.MODEL_FILE)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    sa = load_file(Path(straight.run_dir) / ckpt.STATE_FILE)
+    sb = load_file(Path(resumed.run_dir) / ckpt.STATE_FILE)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("optim."))
+    assert [r["step"] for r in metrics(resumed.run_dir)] == [3, 5, 7]
+
+
+def test_resume_drops_log_lines_past_the_checkpoint(bars_root: Path, tmp_path: Path) -> None:
+    run = training.train(flags(bars_root, "vae", **{"train.steps": 4, "train.log_every": 1}), out=str(tmp_path / "r"))
+    with (Path(run.run_dir) / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 5, "loss": 1.0}\n{"step": 6, "lo')  # lines a crash left behind
+    training.train({"train.steps": 6}, resume=run.run_dir)
+    assert [r["step"] for r in metrics(run.run_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_to_change_the_model(bars_root: Path, tmp_path: Path) -> None:
+    run = training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=str(tmp_path / "r"))
+    with pytest.raises(UsageError, match="--model cannot change"):
+        training.train({"model.kind": "dcgan", "train.steps": 4}, resume=run.run_dir)
+    with pytest.raises(UsageError, match="--lr cannot change"):
+        training.train({"train.lr": 0.1, "train.steps": 4}, resume=run.run_dir)
+
+
+def test_existing_run_directory_is_not_overwritten(bars_root: Path, tmp_path: Path) -> None:
+    run = training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=str(tmp_path / "r"))
+    before = (Path(run.run_dir) / ckpt.MODEL_FILE).read_bytes()
+    with pytest.raises(UsageError, match="--resume"):
+        training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=run.run_dir)
+    assert (Path(run.run_dir) / ckpt.MODEL_FILE).read_bytes() == before
+
+
+def test_conditional_model_needs_labels(flat_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="labelled"):
+        training.train({"model.kind": "cgan", "data.name": str(flat_folder), **TINY,
+                        "train.batch_size": 4, "train.steps": 1}, out=str(tmp_path / "r"))
+
+
+def test_trains_on_an_image_folder(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "pets", classes=("cat", "dog"), n_per_class=8, size=20)
+    result = training.train({"model.kind": "cgan", "data.name": str(folder), **TINY,
+                             "train.batch_size": 4, "train.steps": 3}, out=str(tmp_path / "r"))
+    model, loaded = ckpt.load_model(result.run_dir, torch.device("cpu"))
+    assert loaded.config.data.classes == ["cat", "dog"]
+    assert loaded.config.model.channels == 3 and loaded.config.model.num_classes == 2
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_a_checkpoint_and_exits_with_its_code(bars_root: Path, tmp_path: Path, signum: int, code: int) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "genai_cli", "train", "--model", "dcgan", "--data-dir", str(bars_root),
+           "--width", "8", "--image-size", "16", "--batch-size", "16", "--steps", "100000",
+           "--log-every", "1", "--save-every", "100000", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "GENAI_OFFLINE": "1"})
+    deadline = time.monotonic() + 60
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "--resume" in err.decode() and "Traceback" not in err.decode()
+    step = ckpt.load_training_state(run).checkpoint.step
+    assert step >= 1
+    resumed = training.train({"train.steps": step + 2}, resume=str(run))
+    assert resumed.step == step + 2
