@@ -158,6 +158,33 @@ def sample(
             console.info(f"wrote {result['n']} images from {result['checkpoint']} to {where}")
 
 
+@app.command("data")
+def data_command(
+    name: Annotated[Optional[str], typer.Argument(help="A dataset name or image folder; none lists the registered datasets.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Dataset root (else $GENAI_DATA_DIR, else ~/.cache/genai/datasets).")] = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "train",
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Show where a dataset is read from, downloading it first when it is missing and the network answers."""
+    with reporting_errors(quiet, debug):
+        from genai_cli import data
+
+        if name is None:
+            names = data.dataset_names()
+            console.emit_json({"datasets": names}) if json_out else console.emit_text("\n".join(names))
+            return
+        source = data.load_dataset(name, data_dir=data_dir, split=split)
+        summary = {"name": source.name, "split": split, "images": len(source), "channels": source.channels,
+                   "image_size": source.image_size, "classes": source.classes, "location": source.location}
+        if json_out:
+            console.emit_json(summary)
+        else:
+            console.emit_text(f"{source.name} ({split}): {len(source)} images, {source.channels}x{source.image_size}x"
+                              f"{source.image_size}, {len(source.classes)} classes, from {source.location}")
+
+
 def main() -> None:
     """Entry point of the `genai` command and `python -m genai_cli`."""
     app(prog_name="genai")

@@ -83,16 +83,18 @@ class StepProgress:
 
     def report(self, step: int, stats: dict[str, float]) -> None:
         """Called every log interval with averaged statistics."""
-        text = "  ".join(_format_stat(k, v) for k, v in stats.items())
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, stats=text)
+            brief = {k: v for k, v in stats.items() if k.startswith("loss") or k == "images_per_sec"}
+            self._bar.update(self._task, completed=step, stats="  ".join(_format_stat(k, v) for k, v in brief.items()))
         else:
-            info(f"step {step}/{self.total}  {text}")
+            info(f"step {step}/{self.total}  " + "  ".join(_format_stat(k, v) for k, v in stats.items()))
 
 
 def _format_stat(key: str, value: float) -> str:
     if key in ("step", "epoch"):
         return f"{key} {int(value)}"
+    if key == "images_per_sec":
+        return f"{value:.0f} img/s"
     return f"{key} {value:.4g}" if abs(value) < 1e4 else f"{key} {value:.0f}"
 
 
@@ -103,7 +105,7 @@ def step_progress(total: int, start: int, log_every: int) -> Iterator[StepProgre
         return
     bar = Progress(
         TextColumn("[bold]train"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[stats]}"),

@@ -29,7 +29,7 @@ from genai_cli.config import Config, validate_train
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.errors import ExitCode, Interrupted, UsageError
 from genai_cli.fileio import append_line, atomic_write
-from genai_cli.models import MODELS, GenerativeModel, ModelSpec
+from genai_cli.models import MODELS, GenerativeModel, ModelSpec, VariationalModel
 from genai_cli.objectives import Objective, make_objective
 from genai_cli.runtime import describe, pick_device, seed_everything
 
@@ -299,6 +299,8 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
     seconds = time.perf_counter() - started
     model_path = session.save()
     write_sample_grid(session, fixed_z, fixed_labels, per_row)
+    if isinstance(session.model, VariationalModel):
+        write_reconstructions(session)
     write_loss_curve(run_dir)
     done = session.step - start_step
     return TrainResult(
@@ -376,6 +378,14 @@ def write_sample_grid(session: Session, z: torch.Tensor, labels: torch.Tensor | 
     images = sampling.generate(session.model, z, labels, session.device)
     path = session.run_dir / "samples" / f"step_{session.step:06d}.png"
     atomic_write(path, imgs.png_bytes(imgs.grid(images, per_row)))
+
+
+def write_reconstructions(session: Session, rows: int = 4, per_row: int = 8) -> None:
+    """reconstructions.png: the first images of the first batch on top, their reconstructions below."""
+    count = min(rows * per_row, len(session.source))
+    images, labels = next(session.source.epoch_batches(0, count, session.config.train.seed, torch.device("cpu")))
+    recon = sampling.reconstruct(session.model, images, labels, session.device)
+    atomic_write(session.run_dir / "reconstructions.png", imgs.png_bytes(imgs.grid(torch.cat([images, recon]), per_row)))
 
 
 def write_loss_curve(run_dir: Path) -> None:

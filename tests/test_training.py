@@ -62,6 +62,7 @@ def test_adversarial_families_learn_to_discriminate(bars_root: Path, tmp_path: P
 def test_variational_families_reduce_the_elbo(bars_root: Path, tmp_path: Path, kind: str) -> None:
     result = training.train(flags(bars_root, kind, **{"train.steps": 30}), out=str(tmp_path / kind))
     rows = metrics(result.run_dir)
+    assert (Path(result.run_dir) / "reconstructions.png").is_file()
     assert rows[-1]["loss"] < 0.9 * rows[0]["loss"]
     assert rows[-1]["loss"] == pytest.approx(rows[-1]["recon"] + rows[-1]["kl"], rel=1e-5)
 
