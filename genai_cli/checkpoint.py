@@ -32,6 +32,7 @@ from genai_cli.fileio import atomic_write
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 CONFIG_FILE = "config.json"
+RUNS_DIR = Path("runs")  # new runs and the `latest` link, relative to the working directory
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # real headers are a few KB; refuse to allocate absurd ones
 ROLE_MODEL, ROLE_STATE = "model", "training-state"
 
@@ -116,6 +117,8 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, Any], int]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} has a corrupt safetensors header; it is damaged or not a checkpoint")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path} has corrupt safetensors metadata (not a map of strings); it is damaged or not a checkpoint")
     data_len = size - 8 - header_len
     _check_extent(path, header, data_len)
     return metadata, header, data_len
@@ -178,7 +181,7 @@ def load_weights_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor],
 
 def resolve_model_path(checkpoint: str | None) -> Path:
     """A run directory, a model file, or (None) the newest run via runs/latest."""
-    path = Path(checkpoint) if checkpoint else Path("runs") / "latest"
+    path = Path(checkpoint) if checkpoint else RUNS_DIR / "latest"
     if checkpoint is None and not path.exists():
         hint = "the runs/latest link points nowhere" if path.is_symlink() else "no runs/latest here"
         raise CheckpointError(f"no checkpoint given and {hint}; train one with `genai train` or pass --checkpoint")
@@ -290,6 +293,12 @@ def load_model(checkpoint: str | None, device: torch.device, expect_kind: str | 
         raise CheckpointError(f"{path} holds a {kind} model, not {expect_kind}; pass a {expect_kind} checkpoint")
     if kind not in MODELS:
         raise CheckpointError(f"{path} holds a model kind {kind!r} this genai does not know; upgrade genai")
-    model = MODELS.get(kind).build(loaded.config.model)
+    try:
+        model = MODELS.get(kind).build(loaded.config.model)
+    except Exception as err:  # a config no model can be built from: edited or damaged, not a flag error
+        raise CheckpointError(
+            f"{path} holds a {kind} config that cannot be built ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+            "the file was edited or damaged"
+        ) from err
     load_weights_into(model, loaded.tensors, path)
     return model.to(device).eval(), loaded

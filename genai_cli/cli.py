@@ -7,6 +7,7 @@ completion stay fast.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Annotated, Any, Iterator, Optional
@@ -49,10 +50,15 @@ def reporting_errors(quiet: bool, debug: bool) -> Iterator[None]:
         raise typer.Exit(ExitCode.SIGINT) from None
     except typer.Exit:
         raise
+    except BrokenPipeError:  # the reader of stdout went away (`genai sample --out - | head`): not a bug
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        console.error("stdout was closed before all output was written (broken pipe)")
+        raise typer.Exit(ExitCode.RUNTIME) from None
     except Exception as err:  # a bug: say so plainly, keep the traceback for --debug
         if debug:
             console.print_exception()
-        console.error(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback and report it)")
+        detail = " ".join(str(err).split())  # one line, even for multi-line exception messages
+        console.error(f"internal error: {type(err).__name__}: {detail} (rerun with --debug for the traceback and report it)")
         raise typer.Exit(ExitCode.RUNTIME) from None
 
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 _quiet = False
@@ -33,21 +34,18 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    _stderr.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+    # Text, not markup: messages hold paths and file names, and "[...]" in them is not markup.
+    _stderr.print(Text.assemble(("warning:", "yellow"), " ", message))
 
 
 def error(message: str) -> None:
     # One line: no wrapping by rich, so a log grep finds the whole message.
-    _stderr.print(f"[bold red]error:[/bold red] {_escape(message)}", soft_wrap=True)
+    _stderr.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
 
 
 def print_exception() -> None:
     """The traceback of the exception being handled (--debug only)."""
     _stderr.print_exception()
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
 
 
 def stdout_is_terminal() -> bool:

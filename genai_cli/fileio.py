@@ -8,6 +8,9 @@ from pathlib import Path
 
 from genai_cli.errors import GenaiError
 
+_UMASK = os.umask(0o022)  # read the process umask once (os.umask can only read it by setting it)
+os.umask(_UMASK)
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder, fsync, then rename over the target.
@@ -22,6 +25,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError as err:
         raise GenaiError(f"cannot write {path}: {err.strerror or err}; choose a writable --out") from err
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; give ours the permissions open() would
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

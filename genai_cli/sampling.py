@@ -27,6 +27,7 @@ from genai_cli.models import GenerativeModel, VariationalModel
 from genai_cli.runtime import pick_device
 
 SAMPLE_BATCH = 256
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -57,8 +58,11 @@ def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
     cos = (a @ b / (a.norm() * b.norm())).clamp(-1, 1)
     omega = torch.arccos(cos)
     if omega.abs() < 1e-4:
-        return (1 - t) * a + t * b
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+        out = (1 - t) * a + t * b
+    else:
+        out = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+    out[0], out[-1] = a, b  # exact endpoints: the walk starts and ends on the seeds' own images
+    return out
 
 
 def class_rows(n: int, num_classes: int) -> tuple[torch.Tensor, int]:
@@ -214,6 +218,9 @@ def plan_batch(req: SampleRequest, model: GenerativeModel, classes: list[str]) -
     if req.interpolate is not None:
         if req.steps < 2:
             raise UsageError(f"--steps must be at least 2 for --interpolate, got {req.steps}")
+        if model.conditional and label is None:
+            raise UsageError("--interpolate on a conditional model needs --label: the class to walk in")
+        _check_seed_range(list(req.interpolate))
         a, b = req.interpolate
         z_ab = latents([a, b], model.latent_dim)
         seeds = [a] * req.steps
@@ -222,6 +229,7 @@ def plan_batch(req: SampleRequest, model: GenerativeModel, classes: list[str]) -
         seeds = parse_seeds(req.seeds) if req.seeds else list(range(req.seed, req.seed + (req.n or 64)))
         if req.n is not None and req.seeds and req.n != len(seeds):
             raise UsageError(f"--n {req.n} disagrees with --seeds ({len(seeds)} seeds); give one of them")
+        _check_seed_range(seeds)
         z = latents(seeds, model.latent_dim)
     n = len(seeds)
     if n < 1:
@@ -235,6 +243,13 @@ def plan_batch(req: SampleRequest, model: GenerativeModel, classes: list[str]) -
             labels, rows = class_rows(n, cfg.num_classes)
             per_row = req.per_row or rows
     return SamplePlan(z, seeds, labels, per_row)
+
+
+def _check_seed_range(seeds: list[int]) -> None:
+    low, high = SEED_RANGE
+    bad = [s for s in (min(seeds, default=0), max(seeds, default=0)) if not low <= s <= high]
+    if bad:
+        raise UsageError(f"seed {bad[0]} is out of range; seeds go from {low} to {high}")
 
 
 def run_sample(req: SampleRequest) -> dict:

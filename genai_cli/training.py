@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -117,18 +118,22 @@ def new_run_dir(root: Path, config: Config) -> Path:
 
 
 def point_latest(run_dir: Path) -> None:
-    """Atomically re-point <parent>/latest at this run (a relative symlink)."""
-    link, tmp = run_dir.parent / "latest", run_dir.parent / f".latest.{run_dir.name}.tmp"
+    """Atomically point runs/latest (where `genai sample` looks) at this run, wherever it lives."""
+    link = ckpt.RUNS_DIR / "latest"
+    inside = run_dir.resolve().parent == ckpt.RUNS_DIR.resolve()
+    target = run_dir.name if inside else str(run_dir.resolve())
+    tmp = ckpt.RUNS_DIR / f".latest.{os.getpid()}.tmp"
     try:
+        ckpt.RUNS_DIR.mkdir(exist_ok=True)
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        tmp.symlink_to(target, target_is_directory=True)
         tmp.replace(link)
     except OSError as err:
         console.warn(f"could not update {link}: {err.strerror or err}; pass --checkpoint {run_dir} to sample")
 
 
 def prepare_run_dir(out: str | None, config: Config) -> Path:
-    run_dir = Path(out) if out else new_run_dir(Path("runs"), config)
+    run_dir = Path(out) if out else new_run_dir(ckpt.RUNS_DIR, config)
     if (run_dir / ckpt.MODEL_FILE).exists() or (run_dir / ckpt.STATE_FILE).exists():
         raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     try:

@@ -23,6 +23,7 @@ def _isolated_data(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
     monkeypatch.setenv("GENAI_OFFLINE", "1")
     monkeypatch.delenv("GENAI_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # runs/ and runs/latest never land in the repo
 
 
 def write_idx(path: Path, array: np.ndarray) -> Path:
@@ -109,3 +110,36 @@ def labelled_folder(tmp_path: Path) -> Path:
 def flat_folder(tmp_path: Path) -> Path:
     """Eight loose RGB 20×20 PNGs, no classes."""
     return make_image_folder(tmp_path / "flat", classes=(), n_per_class=8)
+
+
+# ---------------------------------------------------------------- trained tiny models (session)
+
+TINY_TRAIN_FLAGS = {"model.width": 8, "model.image_size": 16, "train.batch_size": 8, "train.steps": 3, "train.log_every": 1}
+
+
+def tiny_train(kind: str, data_dir: Path, out: Path, **extra):
+    """Train a tiny model in-process on the FashionMNIST IDX root `data_dir`; returns the TrainResult."""
+    from genai_cli import training
+
+    flags = {"model.kind": kind, "data.name": "fashion-mnist", "data.data_dir": str(data_dir), **TINY_TRAIN_FLAGS, **extra}
+    return training.train(flags, out=str(out))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FashionMNIST IDX root shared by the session's trained models (64 train images)."""
+    root = tmp_path_factory.mktemp("tiny-data")
+    make_idx_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory, tiny_data_root: Path) -> dict[str, Path]:
+    """Run directories of one tiny dcgan and one tiny cgan, trained once per session; treat as read-only."""
+    base = tmp_path_factory.mktemp("tiny-runs")
+    runs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENAI_OFFLINE", "1")
+        for kind in ("dcgan", "cgan"):
+            runs[kind] = Path(tiny_train(kind, tiny_data_root, base / kind).run_dir)
+    return runs

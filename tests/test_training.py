@@ -74,7 +74,7 @@ def test_run_directory_contents(bars_root: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000005.png", "step_000010.png"]
     for name in ("model.safetensors", "training_state.safetensors", "config.json", "loss.png", "metrics.jsonl"):
         assert (run / name).is_file(), name
-    assert (tmp_path / "latest").resolve() == run.resolve()
+    assert Path("runs/latest").resolve() == run.resolve()  # runs/ of the working directory
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["channels"] == 1 and saved["model"]["image_size"] == 16
     assert saved["data"]["classes"][0] == "T-shirt/top"
