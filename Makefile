@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,export]'
 	touch $@
 
 # Make sure Fashion-MNIST is readable: $GENAI_DATA_DIR, the cache, Debian's package, or a download.
@@ -37,6 +37,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_export.py
 
 lint: setup
 	$(BIN)/ruff check genai_cli tests benchmarks

@@ -42,6 +42,16 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename a finished, fsynced file (written by `atomic_write` elsewhere on the same
+    filesystem) over `dst`: how a staged artefact is published only after it was checked."""
+    try:
+        os.replace(src, dst)
+    except OSError as err:
+        raise GenaiError(f"cannot write {dst}: {err.strerror or err}; choose a writable --out") from err
+    _fsync_dir(dst.parent)
+
+
 def _fsync_dir(folder: Path) -> None:
     """Persist the rename itself; not every platform allows opening a directory."""
     try:
