@@ -6,6 +6,10 @@ A run directory holds
   training_state.safetensors  weights again, optimiser moments, RNG states, step and epoch:
                               everything `--resume` needs, in one file so it is never half old
   config.json                 the same config, for people
+A slim export (`genai export --format safetensors`) is a model.safetensors whose metadata says
+`genai.contents: generating-half`: it holds only the generator (or decoder) weights, under
+their names in the full model, possibly in float16/bfloat16; `load_model` loads those into the
+rebuilt model in float32, so sampling works and nothing else needs to know.
 Nothing here unpickles: headers are parsed and bounds-checked before safetensors reads the
 tensors, so a truncated, foreign or hostile file is a one-line CheckpointError.
 """
@@ -35,6 +39,7 @@ CONFIG_FILE = "config.json"
 RUNS_DIR = Path("runs")  # new runs and the `latest` link, relative to the working directory
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # real headers are a few KB; refuse to allocate absurd ones
 ROLE_MODEL, ROLE_STATE = "model", "training-state"
+GENERATING_HALF = "generating-half"  # genai.contents of a slim export
 
 
 @dataclass
@@ -138,12 +143,17 @@ def _check_extent(path: Path, index: dict[str, Any], data_len: int) -> None:
 def read_metadata(path: Path, role: str = ROLE_MODEL) -> dict[str, str]:
     """Header metadata of a genai file of the given role, or a CheckpointError saying why not."""
     metadata, _, _ = read_header(path)
+    return require_genai(path, metadata, role)
+
+
+def require_genai(path: Path, metadata: dict[str, str], role: str | None = ROLE_MODEL) -> dict[str, str]:
+    """`metadata` if it is a genai file's (of `role`, unless None), else a CheckpointError saying why not."""
     if "genai.config" not in metadata or "genai.kind" not in metadata:
         raise CheckpointError(
             f"{path} is a safetensors file but not a genai checkpoint (no genai metadata); "
             "use a model.safetensors written by `genai train`"
         )
-    if metadata.get("genai.role", ROLE_MODEL) != role:
+    if role is not None and metadata.get("genai.role", ROLE_MODEL) != role:
         raise CheckpointError(f"{path} is a genai {metadata.get('genai.role')} file, not a {role} file")
     return metadata
 
@@ -300,5 +310,16 @@ def load_model(checkpoint: str | None, device: torch.device, expect_kind: str | 
             f"{path} holds a {kind} config that cannot be built ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
             "the file was edited or damaged"
         ) from err
-    load_weights_into(model, loaded.tensors, path)
+    if loaded.metadata.get("genai.contents") == GENERATING_HALF:
+        prefix = generating_prefix(model)
+        weights = {k.removeprefix(prefix): v.float() if v.is_floating_point() else v for k, v in loaded.tensors.items()}
+        load_weights_into(model.generating_half(), weights, path)
+    else:
+        load_weights_into(model, loaded.tensors, path)
     return model.to(device).eval(), loaded
+
+
+def generating_prefix(model: torch.nn.Module) -> str:
+    """'generator.' or 'decoder.': where the generating half's weights sit in the full model's names."""
+    half = model.generating_half()
+    return next(name for name, child in model.named_children() if child is half) + "."

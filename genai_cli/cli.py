@@ -16,7 +16,7 @@ import typer
 
 from genai_cli import __version__, console
 from genai_cli.config import DataConfig, ModelConfig, TrainConfig
-from genai_cli.errors import ExitCode, GenaiError, UsageError
+from genai_cli.errors import ExitCode, GateFailed, GenaiError, UsageError
 
 app = typer.Typer(
     name="genai",
@@ -72,7 +72,7 @@ def version_callback(value: bool) -> None:
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")] = False,
 ) -> None:
-    """Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 eval gate failed, 130 interrupted (Ctrl-C), 143 terminated."""
+    """Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 eval gate failed, 4 export check failed, 130 interrupted (Ctrl-C), 143 terminated."""
 
 
 @app.command()
@@ -162,6 +162,86 @@ def sample(
         else:
             where = "stdout" if out == "-" else out
             console.info(f"wrote {result['n']} images from {result['checkpoint']} to {where}")
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Run directory or model.safetensors. [default: runs/latest]")] = None,
+    n: Annotated[int, typer.Option("--n", "-n", help="Generated (and at most as many real reference) images.")] = 10_000,
+    metrics: Annotated[Optional[str], typer.Option(help="Comma list of fid, kid, is, pr, dc, acc, nll. [default: all that apply]")] = None,
+    features: Annotated[str, typer.Option(help="classifier (fast, genai's per-dataset CNN) or inception (the FID network).")] = "classifier",
+    inception_weights: Annotated[Optional[str], typer.Option(help="FID Inception file (else $GENAI_INCEPTION_WEIGHTS, the caches, a download).")] = None,
+    real: Annotated[bool, typer.Option("--real", help="Score the train split instead of a model: the real-data floor.")] = False,
+    images: Annotated[Optional[str], typer.Option(help="Score a folder of images instead of a model.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Reference dataset. [default: the checkpoint's]")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Dataset root.")] = None,
+    split: Annotated[str, typer.Option(help="Reference split.")] = "test",
+    seed: Annotated[int, typer.Option(help="First sampling seed (image i uses seed+i).")] = 0,
+    iw_samples: Annotated[int, typer.Option(help="Importance samples for the VAE NLL bound.")] = 64,
+    fail_if: Annotated[Optional[list[str]], typer.Option("--fail-if", help='Gate such as "fid>30"; exit 3 when it holds. Repeatable.')] = None,
+    device: Device = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Measure sample quality (FID, KID, IS, precision/recall, density/coverage, accuracy, NLL)."""
+    with reporting_errors(quiet, debug):
+        from genai_cli import evaluation
+
+        result = evaluation.run_eval(evaluation.EvalRequest(
+            checkpoint=checkpoint, n=n, metrics=metrics.split(",") if metrics else None, features=features,
+            inception_weights=inception_weights, real=real, images=images, data=data, data_dir=data_dir,
+            split=split, seed=seed, device=device or "auto", iw_samples=iw_samples, gates=fail_if or [],
+        ))
+        console.emit_json(result) if json_out else console.eval_table(result)
+        failed = [v["gate"] for v in result["gates"] if not v["passed"]]
+        if failed:
+            raise GateFailed(f"quality gate failed: {', '.join(failed)}")
+
+
+@app.command("export")
+def export_command(
+    out: Annotated[str, typer.Option("--out", "-o", help="NAME.onnx, NAME.pt2, or a folder for --format safetensors.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="onnx, pt2 or safetensors. [default: from --out]")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Run directory or model.safetensors. [default: runs/latest]")] = None,
+    dtype: Annotated[str, typer.Option(help="Weights of a safetensors folder: float32, float16 or bfloat16.")] = "float32",
+    check: Annotated[Optional[bool], typer.Option("--check/--no-check", help="Compare the export with the PyTorch model; exit 4 above --tolerance. [default: on; for ONNX when onnxruntime is installed]")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help="Largest max |difference| --check accepts. [default: 1e-4; 1e-2 float16, 5e-2 bfloat16]")] = None,
+    unit_range: Annotated[bool, typer.Option("--unit-range", help="ONNX/pt2 output in [0, 1] instead of [-1, 1].")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing --out.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Export the generator (decoder for VAEs) to ONNX, torch.export pt2 or a slim safetensors folder."""
+    with reporting_errors(quiet, debug):
+        from genai_cli import export
+        from genai_cli.errors import ExportCheckFailed
+
+        request = export.ExportRequest(out=out, format=fmt, checkpoint=checkpoint, dtype=dtype, check=check,
+                                       tolerance=tolerance, unit_range=unit_range, force=force)
+        try:
+            result = export.run_export(request)
+        except ExportCheckFailed as err:
+            if json_out:
+                console.emit_json(err.result)
+            raise
+        console.emit_json(result) if json_out else console.info(export.export_summary_line(result))
+
+
+@app.command("info")
+def info_command(
+    path: Annotated[Optional[str], typer.Argument(help="Run directory, model.safetensors, training_state.safetensors or slim export folder. [default: runs/latest]")] = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Describe a checkpoint from its header alone: kind, config, step, dataset, parameters, sha256."""
+    with reporting_errors(quiet, debug):
+        from genai_cli import export
+
+        summary = export.describe(path)
+        console.emit_json(summary) if json_out else console.emit_text(export.info_text(summary))
 
 
 @app.command("data")

@@ -68,6 +68,26 @@ def emit_bytes(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
+def eval_table(result: dict[str, Any]) -> None:
+    """The people's view of an eval result: metrics, protocol and gates on stderr."""
+    from rich.table import Table
+
+    table = Table(title="genai eval", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result["metrics"].items():
+        if isinstance(value, list):
+            value = " ".join(f"{v:.3f}" for v in value)
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        table.add_row(name, str(value))
+    for gate in result["gates"]:
+        table.add_row(f"gate {gate['gate']}", "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]")
+    _stderr.print(table)
+    protocol = ", ".join(f"{k}={v}" for k, v in result["protocol"].items())
+    info(f"protocol: {protocol}")
+
+
 class StepProgress:
     """Progress of a training run: a rich bar on a terminal, plain lines elsewhere."""
 

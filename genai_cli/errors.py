@@ -15,6 +15,7 @@ class ExitCode:
     RUNTIME = 1  # data, checkpoint, filesystem or training failure
     USAGE = 2  # wrong flags or arguments (Typer uses 2 as well)
     GATE_FAILED = 3  # `genai eval --fail-if` threshold not met
+    EXPORT_CHECK_FAILED = 4  # `genai export --check`: the exported model computes something else
     SIGINT = 130  # interrupted with Ctrl-C; a checkpoint was saved
     SIGTERM = 143  # terminated; a checkpoint was saved
 
@@ -37,6 +38,25 @@ class DataError(GenaiError):
 
 class CheckpointError(GenaiError):
     """A checkpoint that is missing, truncated, foreign or of another model kind."""
+
+
+class ExportCheckFailed(GenaiError):
+    """An export whose outputs differ from the PyTorch model's beyond the tolerance.
+
+    Carries the export summary so `--json` can still report the measured differences.
+    """
+
+    exit_code = ExitCode.EXPORT_CHECK_FAILED
+
+    def __init__(self, message: str, result: dict) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class GateFailed(GenaiError):
+    """A `genai eval --fail-if` threshold was crossed."""
+
+    exit_code = ExitCode.GATE_FAILED
 
 
 class Interrupted(GenaiError):

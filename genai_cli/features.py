@@ -1,0 +1,325 @@
+"""Feature extractors that metrics compare images with.
+
+- `inception`: the standard FID network (Inception-v3, TensorFlow 2015-12-05 weights, 2048-d
+  pool features, bilinear resize to 299x299, gray replicated to RGB), so FID is comparable
+  with published numbers. Three files of it are in common use and all load here:
+  the TorchScript `inception-2015-12-05.pt` of fid-helper (input in [-1, 1] at 299x299),
+  NVIDIA's TorchScript of the same name (input in [0, 255] at any size), and pytorch-fid's
+  state dict `pt_inception-2015-12-05-6726825d.pth` (loaded with weights_only=True).
+  TorchScript is loaded only for this explicitly named metrics network.
+- `classifier`: a small CNN genai trains once per dataset and caches as safetensors. It is
+  the fast default on CPU and the judge of conditional samples (its logits give class
+  probabilities; its 128-d penultimate layer gives features).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from safetensors import safe_open
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import nn
+
+from genai_cli import console
+from genai_cli.errors import GenaiError, UsageError
+from genai_cli.fileio import atomic_write
+
+PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_FILES = ("inception-2015-12-05.pt", "pt_inception-2015-12-05-6726825d.pth")
+FEATURE_BATCH = 100
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genai"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Extractor:
+    """Images (uint8 N×C×H×W) -> features, and class logits where the network has a head."""
+
+    name: str
+    weights: str  # path of the weights file
+    weights_sha256: str
+    dim: int
+    protocol: str  # how images are prepared, printed with every result
+    _features: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+    device: torch.device
+    has_logits: bool = False
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch: int = FEATURE_BATCH,
+                 progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(float64 features N×D, float64 logits N×K or None), computed in batches."""
+        feats, logits = [], []
+        for start in range(0, len(images), batch):
+            f, lg = self._features(images[start : start + batch].to(self.device))
+            feats.append(f.double().cpu())
+            if lg is not None:
+                logits.append(lg.double().cpu())
+            if progress and (start // batch) % 20 == 19:
+                console.info(f"{progress}: {start + batch}/{len(images)} images")
+        return torch.cat(feats), (torch.cat(logits) if logits else None)
+
+
+# ---------------------------------------------------------------- Inception
+
+
+def find_inception_weights(path: str | None) -> Path:
+    """--inception-weights, $GENAI_INCEPTION_WEIGHTS, the usual caches, else a download."""
+    if path or os.environ.get("GENAI_INCEPTION_WEIGHTS"):
+        chosen = Path(path or os.environ["GENAI_INCEPTION_WEIGHTS"])
+        if not chosen.is_file():
+            raise UsageError(f"Inception weights {chosen} not found; pass an existing --inception-weights file")
+        return chosen
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    for folder in (cache_dir(), hub):
+        for name in INCEPTION_FILES:
+            if (folder / name).is_file():
+                return folder / name
+    target = cache_dir() / INCEPTION_FILES[1]
+    if os.environ.get("GENAI_OFFLINE", "") not in ("", "0"):
+        raise GenaiError(_missing_inception(target))
+    try:
+        console.info(f"downloading the FID Inception weights to {target}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(PYTORCH_FID_URL, str(target), progress=False)
+    except Exception as err:
+        raise GenaiError(_missing_inception(target) + f" (download failed: {err})") from err
+    return target
+
+
+def _missing_inception(target: Path) -> str:
+    return (f"the FID Inception weights are not here and cannot be downloaded; put inception-2015-12-05.pt or "
+            f"{INCEPTION_FILES[1]} in {target.parent}, or pass --inception-weights PATH "
+            "(or $GENAI_INCEPTION_WEIGHTS); or use --features classifier")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives carry their code; torch.save'd state dicts do not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _to_rgb(images: torch.Tensor) -> torch.Tensor:
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def _resize_299(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float pixel values in [0, 255] at 299x299, bilinear like TensorFlow's graph."""
+    return F.interpolate(_to_rgb(images).float(), size=(299, 299), mode="bilinear", align_corners=False)
+
+
+def load_inception(path: str | None, device: torch.device) -> Extractor:
+    weights = find_inception_weights(path)
+    sha = file_sha256(weights)
+    try:
+        if _is_torchscript(weights):
+            with warnings.catch_warnings():  # deprecated in general; used here only for this named network
+                warnings.simplefilter("ignore", FutureWarning)
+                net = torch.jit.load(str(weights), map_location=device).eval()
+            takes_flags = len(net.forward.schema.arguments) > 2  # NVIDIA's: forward(img, return_features, ...)
+            if takes_flags:
+                fn = lambda x: (net(_to_rgb(x).float(), return_features=True), None)  # noqa: E731
+                protocol = "NVIDIA TorchScript: [0, 255] input, resized inside the network"
+            else:
+                fn = lambda x: (net(_resize_299(x) / 128 - 1), None)  # noqa: E731
+                protocol = "bilinear resize to 299, x/128 - 1, gray -> RGB"
+            return Extractor("inception", str(weights), sha, 2048, protocol, fn, device)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net = fid_inception_v3()
+        net.load_state_dict(state)
+    except GenaiError:
+        raise
+    except Exception as err:
+        raise GenaiError(f"cannot load Inception weights {weights} ({type(err).__name__}: {err}); "
+                         "use inception-2015-12-05.pt or pt_inception-2015-12-05-6726825d.pth") from err
+    net = net.to(device).eval()
+
+    def pool_and_logits(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pool = _inception_pool(net, _resize_299(x) / 127.5 - 1)
+        return pool, net.fc(pool)
+
+    return Extractor("inception", str(weights), sha, 2048, "bilinear resize to 299, x/127.5 - 1 (pytorch-fid), gray -> RGB",
+                     pool_and_logits, device, has_logits=True)
+
+
+def _tf_pooling(block: type, pool: Callable[[torch.Tensor], torch.Tensor]) -> type:
+    """An Inception block whose pooling branch pools like the TensorFlow graph the weights came from."""
+
+    class Patched(block):  # type: ignore[misc, valid-type]
+        def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            outputs = super()._forward(x)
+            outputs[-1] = self.branch_pool(pool(x))
+            return outputs
+
+    return Patched
+
+
+def fid_inception_v3() -> torchvision.models.Inception3:
+    """torchvision's Inception-v3 with pytorch-fid's patches: 1008 classes, TF-style pooling."""
+    from torchvision.models import inception as tv
+
+    avg = lambda x: F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)  # noqa: E731
+    peak = lambda x: F.max_pool2d(x, 3, stride=1, padding=1)  # noqa: E731
+    net = tv.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
+    block_a, block_c, block_e = _tf_pooling(tv.InceptionA, avg), _tf_pooling(tv.InceptionC, avg), _tf_pooling(tv.InceptionE, avg)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = block_a(192, 32), block_a(256, 64), block_a(288, 64)
+    net.Mixed_6b, net.Mixed_6c = block_c(768, 128), block_c(768, 160)
+    net.Mixed_6d, net.Mixed_6e = block_c(768, 160), block_c(768, 192)
+    net.Mixed_7b, net.Mixed_7c = block_e(1280), _tf_pooling(tv.InceptionE, peak)(2048)
+    return net
+
+
+def _inception_pool(net: torchvision.models.Inception3, x: torch.Tensor) -> torch.Tensor:
+    """The 2048-d average-pool features (everything before dropout and fc)."""
+    for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                 "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                 "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool"):
+        x = getattr(net, name)(x)
+    return x.flatten(1)
+
+
+# ---------------------------------------------------------------- genai's classifier
+
+
+class SmallCNN(nn.Module):
+    """Two conv stages and a 128-d feature layer: ~92% on Fashion-MNIST after 3 epochs."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+
+        def stage(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
+                    nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
+                    nn.MaxPool2d(2)]
+
+        self.body = nn.Sequential(*stage(channels, 32), *stage(32, 64), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                                  nn.Linear(64 * 16, 128), nn.ReLU(True))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return features, self.head(features)
+
+
+CLASSIFIER_EPOCHS = 3
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' bytes: caches follow the data, not just its name."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def classifier_path(dataset: str, channels: int, size: int, data_fingerprint: str) -> Path:
+    return cache_dir() / "classifiers" / f"{Path(dataset).name}-{channels}x{size}-{data_fingerprint}.safetensors"
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: torch.device,
+                     epochs: int = CLASSIFIER_EPOCHS, seed: int = 0) -> SmallCNN:
+    """Adam, batch 128, a fixed seed: the same data always gives the same judge."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = SmallCNN(images.shape[1], num_classes).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    batch = min(128, len(images))
+    net.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(images) - batch + 1, batch):
+            index = order[start : start + batch]
+            x = images[index].to(device).float() / 127.5 - 1
+            _, logits = net(x)
+            loss = F.cross_entropy(logits, labels[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        console.info(f"classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}")
+    return net.eval()
+
+
+@torch.no_grad()
+def per_class_accuracy(net: SmallCNN, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                       device: torch.device) -> list[float]:
+    preds = torch.cat([net(images[s : s + 500].to(device).float() / 127.5 - 1)[1].argmax(1).cpu()
+                       for s in range(0, len(images), 500)])
+    return [float((preds[labels == k] == k).float().mean()) if (labels == k).any() else float("nan")
+            for k in range(num_classes)]
+
+
+def load_classifier(dataset: str, device: torch.device, num_classes: int,
+                    splits: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[Extractor, dict]:
+    """The cached classifier for these (train images, train labels, test images, test labels),
+    trained on first use; its test accuracy per class is stored with it."""
+    train_x, train_y, test_x, test_y = splits
+    channels, size = train_x.shape[1], train_x.shape[2]
+    path = classifier_path(dataset, channels, size, fingerprint(train_x, train_y))
+    net = SmallCNN(channels, num_classes)
+    if path.is_file():
+        net.load_state_dict(load_tensors(path.read_bytes()))
+        with safe_open(str(path), "pt") as handle:
+            info = json.loads(handle.metadata()["genai.classifier"])
+    else:
+        console.info(f"training the {dataset} classifier once ({CLASSIFIER_EPOCHS} epochs); cached at {path}")
+        net = train_classifier(train_x, train_y, num_classes, device).cpu()
+        accuracy = per_class_accuracy(net, test_x, test_y, num_classes, torch.device("cpu"))
+        info = {"dataset": dataset, "test_accuracy": float((sum(accuracy) / num_classes)),
+                "per_class_accuracy": accuracy, "epochs": CLASSIFIER_EPOCHS, "train_images": len(train_x)}
+        weights = {k: v.contiguous() for k, v in net.state_dict().items()}
+        atomic_write(path, save_tensors(weights, metadata={"format": "pt", "genai.classifier": json.dumps(info)}))
+        console.info(f"classifier test accuracy {info['test_accuracy']:.4f}")
+    net = net.to(device).eval()
+    extractor = Extractor("classifier", str(path), file_sha256(path), 128,
+                          "genai SmallCNN penultimate layer at the dataset's own size, x/127.5 - 1",
+                          lambda x: net(x.float() / 127.5 - 1), device, has_logits=True)
+    return extractor, info
+
+
+# ---------------------------------------------------------------- cache
+
+
+def features_key(dataset: str, split: str, images: torch.Tensor, extractor: Extractor) -> str:
+    """Cached features are valid only for the same pixels and the same network weights."""
+    n, channels, size = len(images), images.shape[1], images.shape[2]
+    return (f"{Path(dataset).name}-{split}-n{n}-{channels}x{size}-{fingerprint(images)}"
+            f"-{extractor.name}-{extractor.weights_sha256[:12]}")
+
+
+def cached_features(key: str, images: torch.Tensor, extractor: Extractor,
+                    progress: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Real-data features, computed once and kept in ~/.cache/genai/features (safetensors)."""
+    path = cache_dir() / "features" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            tensors = load_tensors(path.read_bytes())
+            return tensors["features"], tensors.get("logits")
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            console.warn(f"ignoring unreadable feature cache {path}")
+    feats, logits = extractor(images, progress=progress)
+    tensors = {"features": feats.contiguous()} | ({"logits": logits.contiguous()} if logits is not None else {})
+    atomic_write(path, save_tensors(tensors, metadata={"format": "pt", "genai.features": key}))
+    return feats, logits

@@ -1,0 +1,107 @@
+"""Sample-quality metrics on feature vectors, as the papers define them.
+
+All functions take float64 feature matrices (rows are images) and return plain floats, so
+they are easy to check against a direct numpy/scipy computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import linalg
+
+
+def mean_cov(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    x = features.double().numpy()
+    return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^1/2) (Heusel et al. 2017), with scipy's sqrtm.
+
+    A singular product gets a small diagonal offset, and an imaginary part beyond rounding
+    is an error rather than silently dropped.
+    """
+    covmean = linalg.sqrtm(cov1 @ cov2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(cov1)) * 1e-6
+        covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"matrix square root has imaginary part {np.max(np.abs(covmean.imag)):.3g}")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+
+
+def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    return frechet_distance(*mean_cov(real), *mean_cov(fake))
+
+
+def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the kernel
+    k(x, y) = (x.y / d + 1)^3, averaged over random subsets. Returns (mean, std)."""
+    rng = np.random.default_rng(seed)
+    x, y = real.double().numpy(), fake.double().numpy()
+    m = min(subset_size, len(x), len(y))
+    d = x.shape[1]
+    values = []
+    for _ in range(subsets):
+        a, b = x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)]
+        kxx, kyy, kxy = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values.append(within - 2 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values))
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) over `splits` equal parts (Salimans et al. 2016): (mean, std)."""
+    probs = torch.softmax(logits.double(), dim=1)
+    scores = []
+    for part in probs.chunk(splits):
+        marginal = part.mean(dim=0, keepdim=True)
+        kl = (part * (torch.log(part + 1e-12) - torch.log(marginal + 1e-12))).sum(dim=1).mean()
+        scores.append(math.exp(float(kl)))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Euclidean distances, computed in row chunks so 10k x 10k stays within memory."""
+    return torch.cat([torch.cdist(a[i : i + chunk], b) for i in range(0, len(a), chunk)])
+
+
+def _kth_neighbour_radius(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each point to its k-th nearest other point of the same set."""
+    d = _pairwise(x, x)
+    return d.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019).
+
+    precision: share of generated points inside some real point's k-NN ball;
+    recall: share of real points inside some generated point's k-NN ball.
+    """
+    real, fake = real.float(), fake.float()
+    r_real, r_fake = _kth_neighbour_radius(real, k), _kth_neighbour_radius(fake, k)
+    d = _pairwise(real, fake)  # real x fake
+    precision = (d <= r_real[:, None]).any(dim=0).float().mean()
+    recall = (d <= r_fake[None, :]).any(dim=1).float().mean()
+    return float(precision), float(recall)
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020), with k-NN balls around real points only.
+
+    density: mean number of real balls containing each generated point, divided by k;
+    coverage: share of real balls that contain at least one generated point.
+    """
+    real, fake = real.float(), fake.float()
+    r_real = _kth_neighbour_radius(real, k)
+    inside = _pairwise(real, fake) <= r_real[:, None]
+    density = inside.sum(dim=0).float().mean() / k
+    coverage = inside.any(dim=1).float().mean()
+    return float(density), float(coverage)

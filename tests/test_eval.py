@@ -1,0 +1,202 @@
+"""`genai eval`: metric maths checked by hand and against scipy, extractors, gates, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_idx_dataset, tiny_train
+from scipy import linalg
+from typer.testing import CliRunner
+
+from genai_cli import evaluation, features, metrics
+from genai_cli.cli import app
+from genai_cli.errors import GenaiError, UsageError
+
+
+def gaussian(n: int, d: int, shift: float = 0.0, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).normal(shift, 1.0, (n, d)))
+
+
+# ---------------------------------------------------------------- FID, KID, IS
+
+
+def test_fid_equals_a_direct_scipy_computation() -> None:
+    a, b = gaussian(400, 8), gaussian(300, 8, shift=0.5, seed=1) @ torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x, y = a.numpy(), b.numpy()
+    mu1, mu2, s1, s2 = x.mean(0), y.mean(0), np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    direct = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert metrics.fid(a, b) == pytest.approx(direct, rel=1e-9)
+
+
+def test_fid_is_zero_for_a_set_with_itself_and_grows_with_noise() -> None:
+    a = gaussian(500, 16)
+    assert abs(metrics.fid(a, a)) < 1e-6
+    noisy = [metrics.fid(a, a + gaussian(500, 16, seed=3) * scale) for scale in (0.1, 0.5, 1.0)]
+    assert noisy[0] < noisy[1] < noisy[2]
+
+
+def test_kid_is_unbiased_on_equal_distributions_and_positive_otherwise() -> None:
+    same, same_std = metrics.kid(gaussian(600, 8), gaussian(600, 8, seed=1), subsets=50, subset_size=200)
+    assert abs(same) < same_std  # unbiased: centred on 0, unlike the biased MMD estimate
+    differ, _ = metrics.kid(gaussian(600, 8), gaussian(600, 8, shift=1.0, seed=1), subsets=50, subset_size=200)
+    assert differ > 50 * same_std
+
+
+def test_inception_score_bounds() -> None:
+    confident = torch.eye(10).repeat(10, 1) * 50  # every class equally, each image certain
+    assert metrics.inception_score(confident)[0] == pytest.approx(10, rel=1e-3)
+    assert metrics.inception_score(torch.zeros(100, 10))[0] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- precision/recall, density/coverage
+
+
+def test_precision_recall_by_hand() -> None:
+    """Real points on a line 0..4 (3-NN radius: 3 for the ends, 2 inside); fakes checked by hand."""
+    real = torch.tensor([[0.0, 0], [1, 0], [2, 0], [3, 0], [4, 0]])
+    fake = torch.tensor([[2.0, 0.5], [10, 0], [11, 0], [12, 0], [13, 0]])
+    precision, recall = metrics.precision_recall(real, fake, k=3)
+    assert precision == pytest.approx(1 / 5)  # only (2, 0.5) lies in a real ball
+    # fake radii: (2,.5)->(12,0) is ~10.01; the others 3-NN radius 2 or 3; reals within 10.01 of (2,.5): all 5
+    assert recall == pytest.approx(1.0)
+
+
+def test_density_coverage_by_hand() -> None:
+    real = torch.tensor([[0.0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [5, 0]])
+    fake = torch.tensor([[0.5, 0.1], [0.5, -0.1], [100.0, 0]])
+    density, coverage = metrics.density_coverage(real, fake, k=2)
+    # 2-NN radii: 2,1,1,1,1,2. (0.5,±0.1) are 0.51 from reals 0 and 1 and 1.5 from real 2: in 2 balls each.
+    assert density == pytest.approx((2 + 2 + 0) / (2 * 3))
+    assert coverage == pytest.approx(2 / 6)
+
+
+# ---------------------------------------------------------------- extractors
+
+
+class TinyFidHelperNet(torch.nn.Module):
+    """Stands in for fid-helper's TorchScript: forward(x) -> N×2048 at 299x299."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 2048)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] == 299
+        return self.proj(x.mean(dim=(2, 3)))
+
+
+class TinyNvidiaNet(torch.nn.Module):
+    """Stands in for NVIDIA's TorchScript: forward(img, return_features) on [0, 255] at any size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 2048)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return self.proj(img.mean(dim=(2, 3)) / 255)
+
+
+@pytest.mark.parametrize("net", [TinyFidHelperNet, TinyNvidiaNet])
+def test_torchscript_inception_files_load(tmp_path: Path, net: type) -> None:
+    path = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.save(torch.jit.script(net()), str(path))
+    extractor = features.load_inception(str(path), torch.device("cpu"))
+    f, logits = extractor(torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8))
+    assert f.shape == (3, 2048) and logits is None and extractor.weights_sha256 == features.file_sha256(path)
+
+
+def test_pytorch_fid_state_dict_loads_with_weights_only(tmp_path: Path) -> None:
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(features.fid_inception_v3().state_dict(), path)
+    extractor = features.load_inception(str(path), torch.device("cpu"))
+    f, logits = extractor(torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8))
+    assert f.shape == (2, 2048) and logits is not None and logits.shape == (2, 1008)
+
+
+def test_missing_inception_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GENAI_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(features, "cache_dir", lambda: Path("nowhere"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: "nowhere-either")
+    with pytest.raises(GenaiError, match="--inception-weights") as err:
+        features.find_inception_weights(None)
+    assert "\n" not in str(err.value)
+
+
+def test_real_features_are_cached(tmp_path: Path) -> None:
+    calls = []
+    extractor = features.Extractor("stub", "w", "0" * 64, 2, "none", lambda x: (x.float().flatten(1)[:, :2], None), torch.device("cpu"))
+    extractor._features = lambda x: (calls.append(1), (x.float().flatten(1)[:, :2], None))[1]
+    images = torch.arange(12, dtype=torch.uint8).view(3, 1, 2, 2)
+    key = features.features_key("d", "test", images, extractor)
+    assert key != features.features_key("d", "test", images + 1, extractor)  # other pixels, other entry
+    first, _ = features.cached_features(key, images, extractor, "p")
+    second, _ = features.cached_features(key, images, extractor, "p")
+    assert torch.equal(first, second) and len(calls) == 1
+
+
+# ---------------------------------------------------------------- gates and the engine
+
+
+@pytest.mark.parametrize("text,value,fails", [("fid>30", 31.0, True), ("fid>30", 29.0, False), ("acc<0.9", 0.8, True), ("nll<=80", 80.0, True)])
+def test_gates(text: str, value: float, fails: bool) -> None:
+    assert evaluation.parse_gate(text).fails(value) is fails
+
+
+@pytest.mark.parametrize("text", ["fid", "fid>>3", "speed>3"])
+def test_bad_gates_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError):
+        evaluation.parse_gate(text)
+
+
+@pytest.fixture(scope="module")
+def eval_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval-data")
+    make_idx_dataset(root, n_train=64, n_test=40)
+    out = tmp_path_factory.mktemp("eval-runs")
+    runs = {kind: Path(tiny_train(kind, root, out / kind).run_dir) for kind in ("dcgan", "cgan", "vae")}
+    runs["root"] = root
+    return runs
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout
+
+
+def test_eval_json_states_its_protocol_and_logs_to_the_run(eval_runs: dict[str, Path]) -> None:
+    code, out = run_cli("eval", "-c", str(eval_runs["dcgan"]), "--n", "30", "--json")
+    assert code == 0, out
+    result = json.loads(out)
+    assert set(result["metrics"]) >= {"fid", "kid", "is", "precision", "recall", "density", "coverage"}
+    assert result["protocol"]["extractor"] == "classifier" and result["protocol"]["n_real"] == 30
+    assert result["protocol"]["reference"] == "fashion-mnist test"
+    lines = (eval_runs["dcgan"] / "metrics.jsonl").read_text().splitlines()
+    assert "eval" in json.loads(lines[-1])
+
+
+def test_eval_conditional_and_vae_metrics(eval_runs: dict[str, Path]) -> None:
+    _, out = run_cli("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--json")
+    cond = json.loads(out)["metrics"]
+    assert len(cond["acc_per_class"]) == 10 and 0 <= cond["acc"] <= 1
+    _, out = run_cli("eval", "-c", str(eval_runs["vae"]), "--n", "20", "--iw-samples", "8", "--metrics", "nll", "--json")
+    vae = json.loads(out)["metrics"]
+    assert vae["nll"] <= -vae["elbo"] + 1e-6  # the importance-weighted bound is tighter than the ELBO
+    assert vae["recon_mse"] > 0
+
+
+def test_gate_failure_exits_3_and_passing_exits_0(eval_runs: dict[str, Path]) -> None:
+    assert run_cli("eval", "-c", str(eval_runs["dcgan"]), "--n", "20", "--metrics", "fid", "--fail-if", "fid>-1")[0] == 3
+    assert run_cli("eval", "-c", str(eval_runs["dcgan"]), "--n", "20", "--metrics", "fid", "--fail-if", "fid<-1")[0] == 0
+    assert run_cli("eval", "-c", str(eval_runs["dcgan"]), "--metrics", "acc")[0] == 2  # acc needs a conditional model
+
+
+def test_real_floor_and_image_folder(eval_runs: dict[str, Path], tmp_path: Path) -> None:
+    code, out = run_cli("eval", "--real", "--data", "fashion-mnist", "--data-dir", str(eval_runs["root"]), "--n", "30", "--metrics", "fid", "--json")
+    assert code == 0 and json.loads(out)["protocol"]["candidates"].startswith("fashion-mnist train")
+    assert run_cli("sample", "-c", str(eval_runs["dcgan"]), "--n", "12", "--out", str(tmp_path / "pngs"))[0] == 0
+    code, out = run_cli("eval", "--images", str(tmp_path / "pngs"), "--data", "fashion-mnist", "--data-dir", str(eval_runs["root"]), "--metrics", "fid,kid", "--json")
+    assert code == 0 and json.loads(out)["protocol"]["n_generated"] == 12
