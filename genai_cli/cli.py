@@ -29,6 +29,7 @@ app = typer.Typer(
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", envvar="GENAI_DEBUG")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing --out.")]
 Device = Annotated[Optional[str], typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
 
 _M, _D, _T = ModelConfig(), DataConfig(), TrainConfig()
@@ -140,7 +141,7 @@ def sample(
     interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Latent walk between two seeds A B.")] = None,
     steps: Annotated[int, typer.Option(help="Frames of the --interpolate walk.")] = 10,
     device: Device = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing --out.")] = False,
+    force: Force = False,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -208,7 +209,7 @@ def export_command(
     check: Annotated[Optional[bool], typer.Option("--check/--no-check", help="Compare the export with the PyTorch model; exit 4 above --tolerance. \\[default: on; for ONNX when onnxruntime is installed]")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Largest max |difference| --check accepts. \\[default: 1e-4; 1e-2 float16, 5e-2 bfloat16]")] = None,
     unit_range: Annotated[bool, typer.Option("--unit-range", help="ONNX/pt2 output in [0, 1] instead of [-1, 1].")] = False,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing --out.")] = False,
+    force: Force = False,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,

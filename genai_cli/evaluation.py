@@ -23,7 +23,7 @@ from genai_cli import checkpoint as ckpt
 from genai_cli import features as feats
 from genai_cli import metrics, sampling
 from genai_cli.data import ImageSource, load_dataset
-from genai_cli.errors import GenaiError, UsageError
+from genai_cli.errors import UsageError
 from genai_cli.fileio import append_line
 from genai_cli.models import GenerativeModel, VariationalModel
 from genai_cli.runtime import pick_device, seed_everything

@@ -38,9 +38,9 @@ from torch import nn
 from genai_cli import __version__, console
 from genai_cli import checkpoint as ckpt
 from genai_cli.errors import CheckpointError, ExportCheckFailed, GenaiError, UsageError
-from genai_cli.fileio import atomic_write, move_into_place
+from genai_cli.fileio import atomic_write, file_sha256, move_into_place
 from genai_cli.models import MODELS, GenerativeModel
-from genai_cli.sampling import file_sha256, latents
+from genai_cli.sampling import latents
 
 FORMATS = ("onnx", "pt2", "safetensors")
 SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}

@@ -33,7 +33,7 @@ from torch import nn
 
 from genai_cli import console
 from genai_cli.errors import GenaiError, UsageError
-from genai_cli.fileio import atomic_write
+from genai_cli.fileio import atomic_write, file_sha256
 
 PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_FILES = ("inception-2015-12-05.pt", "pt_inception-2015-12-05-6726825d.pth")
@@ -42,14 +42,6 @@ FEATURE_BATCH = 100
 
 def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genai"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -71,3 +72,12 @@ def append_line(path: Path, line: str) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write(line + "\n")
         handle.flush()
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a file, read in 1 MiB blocks (checkpoints and weights can be large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -7,7 +7,6 @@ and then moved to the device, so a seed names the same image on every run and de
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -18,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genai_cli import images as imgs
 from genai_cli import checkpoint as ckpt
+from genai_cli import images as imgs
 from genai_cli.console import emit_bytes
 from genai_cli.errors import UsageError
-from genai_cli.fileio import atomic_write
+from genai_cli.fileio import atomic_write, file_sha256
 from genai_cli.models import GenerativeModel, VariationalModel
 from genai_cli.runtime import pick_device
 
@@ -120,14 +119,6 @@ class SampleBatch:
     seeds: list[int]
     labels: torch.Tensor | None
     per_row: int
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_grid(batch: SampleBatch, out: Path) -> list[str]:

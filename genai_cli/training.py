@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 
-from genai_cli import __version__, console
+from genai_cli import __version__, console, sampling
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
-from genai_cli import sampling
 from genai_cli.config import Config, validate_train
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.errors import ExitCode, Interrupted, UsageError

@@ -44,7 +44,7 @@ def tiny_model(kind: str = "dcgan", seed: int = 0):
     torch.manual_seed(seed)
     model = MODELS.get(kind).build(config.model)
     with torch.no_grad():
-        for name, buf in model.named_buffers():
+        for buf in model.buffers():
             if buf.is_floating_point():
                 buf.copy_(torch.rand_like(buf) + 0.5)
             else:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from genai_cli import evaluation, features, metrics
 from genai_cli.cli import app
 from genai_cli.errors import GenaiError, UsageError
+from genai_cli.fileio import file_sha256
 
 
 def gaussian(n: int, d: int, shift: float = 0.0, seed: int = 0) -> torch.Tensor:
@@ -106,7 +107,7 @@ def test_torchscript_inception_files_load(tmp_path: Path, net: type) -> None:
     torch.jit.save(torch.jit.script(net()), str(path))
     extractor = features.load_inception(str(path), torch.device("cpu"))
     f, logits = extractor(torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8))
-    assert f.shape == (3, 2048) and logits is None and extractor.weights_sha256 == features.file_sha256(path)
+    assert f.shape == (3, 2048) and logits is None and extractor.weights_sha256 == file_sha256(path)
 
 
 def test_pytorch_fid_state_dict_loads_with_weights_only(tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ def test_every_family_exports_to_every_format_and_matches_pytorch(runs, kind: st
 
 
 def ck_sha256(path: Path) -> str:
-    from genai_cli.sampling import file_sha256
+    from genai_cli.fileio import file_sha256
 
     return file_sha256(path)
 
