@@ -254,9 +254,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_training_state(
     path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-    config: Config, step: int, epoch: int, device: str,
+    config: Config, step: int, epoch: int, device: str, ema: torch.nn.Module | None = None,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in weights_of(model).items()}
+    tensors |= {f"ema.{k}": v for k, v in weights_of(ema).items()} if ema is not None else {}
     extra = {
         "optimizers": flatten_state({k: o.state_dict() for k, o in optimizers.items()}, "optim", tensors),
         "rng": flatten_state(rng_state(), "rng", tensors),
@@ -270,6 +271,7 @@ def save_training_state(
 class TrainingState:
     checkpoint: Checkpoint
     model_weights: dict[str, torch.Tensor]
+    ema_weights: dict[str, torch.Tensor]  # empty when the run keeps no moving average
     optimizers: dict[str, Any]
     rng: dict[str, Any]
 
@@ -286,7 +288,8 @@ def load_training_state(run_dir: Path) -> TrainingState:
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} has unreadable training state ({err}); the file was edited or damaged") from err
     weights = {k.removeprefix("model."): v for k, v in ckpt.tensors.items() if k.startswith("model.")}
-    return TrainingState(ckpt, weights, optimizers, rng)
+    ema = {k.removeprefix("ema."): v for k, v in ckpt.tensors.items() if k.startswith("ema.")}
+    return TrainingState(ckpt, weights, ema, optimizers, rng)
 
 
 # ---------------------------------------------------------------- rebuilding

@@ -89,6 +89,7 @@ def train(
     lr_d: Annotated[Optional[float], typer.Option(help="Discriminator learning rate (TTUR). \\[default: --lr]")] = None,
     beta1: Annotated[Optional[float], typer.Option(help="Adam beta1. \\[default: 0.5 for GANs, 0.9 for VAEs]")] = None,
     gan_loss: Annotated[Optional[str], typer.Option(help=f"bce (non-saturating) or hinge. \\[default: {_T.gan_loss}]")] = None,
+    ema: Annotated[Optional[float], typer.Option(help="Decay of the generator's moving average, which samples and checkpoints use; 0 turns it off. \\[default: 0.999 for GANs, 0 for VAEs]")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help="Latent size. \\[default: 100 for GANs, 32 for VAEs]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square image side (28, 32, 64, ...). \\[default: the dataset's]")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1 (gray) or 3 (RGB). \\[default: the dataset's]")] = None,
@@ -112,7 +113,7 @@ def train(
         "model.channels": channels, "model.width": width, "model.beta": beta,
         "data.name": data, "data.data_dir": data_dir, "data.split": split,
         "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
-        "train.lr_d": lr_d, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.seed": seed,
+        "train.lr_d": lr_d, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.seed": seed,
         "train.device": device, "train.log_every": log_every, "train.sample_every": sample_every,
         "train.save_every": save_every,
     }

@@ -49,6 +49,7 @@ class TrainConfig:
     beta1: float | None = None  # Adam betas; family default
     beta2: float = 0.999
     gan_loss: str = "bce"  # "bce" (non-saturating) or "hinge"
+    ema: float | None = None  # decay of the generator's moving average; 0 = off; family default
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
@@ -137,5 +138,7 @@ def validate_train(train: TrainConfig) -> None:
     for flag, value in (("--lr", train.lr), ("--lr-d", train.lr_d)):
         if value is not None and not 0 < value < 1:
             raise UsageError(f"{flag} must be between 0 and 1, got {value}")
+    if train.ema is not None and not 0 <= train.ema < 1:
+        raise UsageError(f"--ema must be in [0, 1) (0 turns it off), got {train.ema}")
     if train.gan_loss not in ("bce", "hinge"):
         raise UsageError(f"--gan-loss must be 'bce' or 'hinge', got {train.gan_loss!r}")

@@ -7,6 +7,8 @@ reads them back to the host at log time, so no step waits for the device.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +25,27 @@ def adam(params, lr: float, betas: tuple[float, float], device: torch.device) ->
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
 
 
+class EMA:
+    """Exponential moving average of a module's weights (Yazici et al. 2019), buffers copied.
+
+    The decay warms up as min(decay, (1 + t) / (10 + t)) over t updates, so a short run is
+    not dominated by the initial weights. t equals the training step, so resume restores it.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.shadow = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.updates += 1
+        weight = 1 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for shadow, live in zip(self.shadow.parameters(), module.parameters()):
+            shadow.lerp_(live, weight)
+        for shadow, live in zip(self.shadow.buffers(), module.buffers()):
+            shadow.copy_(live)
+
+
 class AdversarialObjective:
     """Alternating D and G updates with logit losses (non-saturating BCE or hinge)."""
 
@@ -30,6 +53,7 @@ class AdversarialObjective:
         assert train.lr is not None and train.beta1 is not None
         betas = (train.beta1, train.beta2)
         self.model, self.device, self.loss = model, device, train.gan_loss
+        self.ema = EMA(model.generator, train.ema) if train.ema else None
         self.optimizers = {
             "generator": adam(model.generator.parameters(), train.lr, betas, device),
             "discriminator": adam(model.discriminator.parameters(), train.lr_d or train.lr, betas, device),
@@ -57,6 +81,8 @@ class AdversarialObjective:
         loss_g.backward()
         opt_g.step()
         d.requires_grad_(True)
+        if self.ema is not None:
+            self.ema.update(g)
 
         return {
             "loss_d": loss_d.detach(),
@@ -64,6 +90,12 @@ class AdversarialObjective:
             "d_real": torch.sigmoid(d_real.detach().float()).mean(),
             "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
         }
+
+    def sampling_model(self) -> GenerativeModel:
+        """The model users get: the moving-average generator when there is one."""
+        if self.ema is None:
+            return self.model
+        return AdversarialModel(self.model.config, self.ema.shadow, self.model.discriminator)
 
     def _d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
         if self.loss == "hinge":
@@ -91,6 +123,10 @@ class ELBOObjective:
         assert train.lr is not None and train.beta1 is not None
         self.model, self.device = model, device
         self.optimizers = {"model": adam(model.parameters(), train.lr, (train.beta1, train.beta2), device)}
+        self.ema = None
+
+    def sampling_model(self) -> GenerativeModel:
+        return self.model
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
         with autocast(self.device):

@@ -90,6 +90,7 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     data.classes = list(source.classes)
     train.lr = train.lr or spec.lr
     train.beta1 = spec.beta1 if train.beta1 is None else train.beta1
+    train.ema = spec.ema if train.ema is None else train.ema
     if spec.conditional and not source.labelled:
         raise UsageError(f"--model {spec.name} needs labelled data but {source.name} has no classes; "
                          "use class sub-folders or an unconditional model")
@@ -231,9 +232,10 @@ class Session:
     def save(self) -> Path:
         epoch = self.step // self.steps_per_epoch
         model_path = self.run_dir / ckpt.MODEL_FILE
+        ema = self.objective.ema.shadow if self.objective.ema else None
         ckpt.save_training_state(self.run_dir / ckpt.STATE_FILE, self.model, self.objective.optimizers,
-                                 self.config, self.step, epoch, str(self.device))
-        ckpt.save_model(model_path, self.model, self.config, self.step, epoch, str(self.device))
+                                 self.config, self.step, epoch, str(self.device), ema)
+        ckpt.save_model(model_path, self.objective.sampling_model(), self.config, self.step, epoch, str(self.device))
         return model_path
 
 
@@ -279,6 +281,9 @@ def start_session(plan: Plan, out: str | None, resume: str | None) -> Session:
     for name, optimizer in objective.optimizers.items():
         optimizer.load_state_dict(state.optimizers[name])
     ckpt.restore_rng_state(state.rng)
+    if objective.ema is not None:
+        ckpt.load_weights_into(objective.ema.shadow, state.ema_weights, state.checkpoint.path)
+        objective.ema.updates = state.checkpoint.step  # one update per step
     trim_metrics(run_dir / METRICS_FILE, state.checkpoint.step)
     return Session(config, run_dir, device, plan.source, model, objective, state.checkpoint.step)
 
@@ -379,7 +384,7 @@ def fixed_sample_inputs(session: Session) -> tuple[torch.Tensor, torch.Tensor | 
 
 
 def write_sample_grid(session: Session, z: torch.Tensor, labels: torch.Tensor | None, per_row: int) -> None:
-    images = sampling.generate(session.model, z, labels, session.device)
+    images = sampling.generate(session.objective.sampling_model(), z, labels, session.device)
     path = session.run_dir / "samples" / f"step_{session.step:06d}.png"
     atomic_write(path, imgs.png_bytes(imgs.grid(images, per_row)))
 

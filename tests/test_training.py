@@ -155,3 +155,18 @@ def test_signal_saves_a_checkpoint_and_exits_with_its_code(bars_root: Path, tmp_
     assert step >= 1
     resumed = training.train({"train.steps": step + 2}, resume=str(run))
     assert resumed.step == step + 2
+
+
+def test_generator_moving_average_is_what_the_model_file_holds(bars_root: Path, tmp_path: Path) -> None:
+    averaged = training.train(flags(bars_root, "dcgan", **{"train.steps": 6}), out=str(tmp_path / "ema"))
+    model = load_file(Path(averaged.run_dir) / ckpt.MODEL_FILE)
+    state = load_file(Path(averaged.run_dir) / ckpt.STATE_FILE)
+    generator = [k for k in model if k.startswith("generator.") and "weight" in k]
+    assert all(torch.equal(model[k], state[f"ema.{k.removeprefix('generator.')}"]) for k in generator)
+    assert not all(torch.equal(model[k], state[f"model.{k}"]) for k in generator)  # the average lags the live G
+    assert all(torch.equal(model[k], state[f"model.{k}"]) for k in model if k.startswith("discriminator."))
+
+    plain = training.train(flags(bars_root, "dcgan", **{"train.steps": 6, "train.ema": 0.0}), out=str(tmp_path / "plain"))
+    model = load_file(Path(plain.run_dir) / ckpt.MODEL_FILE)
+    state = load_file(Path(plain.run_dir) / ckpt.STATE_FILE)
+    assert all(torch.equal(model[k], state[f"model.{k}"]) for k in model) and not any(k.startswith("ema.") for k in state)

@@ -80,3 +80,4 @@ class ModelSpec:
     latent_dim: int = 100
     lr: float = 2e-4
     beta1: float = 0.5
+    ema: float = 0.999  # moving average of the generating half's weights; 0 for none

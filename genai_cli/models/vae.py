@@ -63,6 +63,7 @@ SPEC = ModelSpec(
     latent_dim=32,
     lr=1e-3,
     beta1=0.9,
+    ema=0.0,
 )
 
 CONDITIONAL_SPEC = ModelSpec(
@@ -73,4 +74,5 @@ CONDITIONAL_SPEC = ModelSpec(
     latent_dim=32,
     lr=1e-3,
     beta1=0.9,
+    ema=0.0,
 )
