@@ -110,7 +110,7 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     real_images = reference.all_images()[:n_real]
     key = feats.features_key(dataset, req.split, real_images, extractor)
     real_f, _ = feats.cached_features(key, real_images, extractor, progress=f"{extractor.name} features of {dataset} {req.split}")
-    fake_f, fake_logits = extractor(candidates.images, progress=f"{extractor.name} features of {candidates.description}")
+    fake_f, fake_logits = candidate_features(req, candidates, dataset, extractor)
     results = distribution_metrics(asked, real_f, fake_f, fake_logits, extractor)
     if "acc" in asked:
         results |= conditional_metrics(candidates, reference, n_real, real_f, fake_f, dataset, data_dir, shape, device)
@@ -161,6 +161,16 @@ def gather_candidates(req: EvalRequest, model: GenerativeModel | None, dataset: 
     labels = torch.arange(req.n) % model.config.num_classes if model.conditional else None
     images = sampling.generate(model, sampling.latents(seeds, model.latent_dim), labels, device)
     return Candidates(images, labels, f"{req.n} samples of {model.config.kind} (seeds {seeds[0]}-{seeds[-1]})", model)
+
+
+def candidate_features(req: EvalRequest, candidates: Candidates, dataset: str,
+                       extractor: feats.Extractor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features of the judged images; a real split's are cached like the reference's."""
+    progress = f"{extractor.name} features of {candidates.description}"
+    if req.real:
+        key = feats.features_key(dataset, "train", candidates.images, extractor)
+        return feats.cached_features(key, candidates.images, extractor, progress)
+    return extractor(candidates.images, progress=progress)
 
 
 def _first(labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
