@@ -8,6 +8,7 @@ per dataset, split, count, image shape and extractor weights.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import operator
@@ -200,6 +201,7 @@ def make_extractor(kind: str, inception_weights: str | None, dataset: str, data_
     return load_judge(dataset, data_dir, shape, device)
 
 
+@functools.lru_cache(maxsize=4)  # one eval asks for it twice: as extractor and as judge of classes
 def load_judge(dataset: str, data_dir: str | None, shape: tuple[int, int],
                device: torch.device) -> tuple[feats.Extractor, dict]:
     """genai's classifier for this dataset, trained on its train split on first use."""
