@@ -28,7 +28,7 @@ data: setup
 
 # About a minute of CPU: a DCGAN on Fashion-MNIST, then an 8x8 grid in demo.png.
 demo: data
-	$(GENAI) train --model dcgan --data fashion-mnist --steps 300 --batch-size 64 --sample-every 100
+	$(GENAI) train --model dcgan --data fashion-mnist --steps 500 --sample-every 100
 	$(GENAI) sample --n 64 --out demo.png --force
 	@echo "wrote demo.png (samples) and runs/latest/ (checkpoint, grids, metrics.jsonl, loss.png)"
 
