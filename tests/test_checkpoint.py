@@ -302,27 +302,30 @@ def test_unknown_model_kind(saved, tmp_path: Path):
     assert_one_line_checkpoint_error(excinfo, "diffusion")
 
 
+def assert_edited_header_rejected(saved, out: Path, edit) -> None:
+    """Rewrite the saved file's header with `edit(header)`; loading it must be a one-line error."""
+    path, _, _ = saved
+    header_len, header = header_of(path)
+    edit(header)
+    write_with_header(out, header, path.read_bytes()[8 + header_len :])
+    with pytest.raises(CheckpointError) as excinfo:
+        ck.load_model(str(out), CPU)
+    assert_one_line_checkpoint_error(excinfo, str(out))
+
+
 @pytest.mark.parametrize("metadata", [5, "genai.config genai.kind", ["genai.config", "genai.kind"],
                                       {"genai.config": 5, "genai.kind": "dcgan"}])
 def test_metadata_that_is_not_a_string_map(saved, tmp_path: Path, metadata):
-    path, _, _ = saved
-    header_len, header = header_of(path)
-    header["__metadata__"] = metadata
-    out = write_with_header(tmp_path / "hostile.safetensors", header, path.read_bytes()[8 + header_len :])
-    with pytest.raises(CheckpointError) as excinfo:
-        ck.load_model(str(out), CPU)
-    assert_one_line_checkpoint_error(excinfo, str(out))
+    assert_edited_header_rejected(saved, tmp_path / "hostile.safetensors",
+                                  lambda header: header.update({"__metadata__": metadata}))
 
 
 def test_corrupt_tensor_index(saved, tmp_path: Path):
-    path, _, _ = saved
-    header_len, header = header_of(path)
-    name = next(k for k in header if k != "__metadata__")
-    header[name] = {"dtype": "F32", "shape": [2], "data_offsets": "everything"}
-    out = write_with_header(tmp_path / "index.safetensors", header, path.read_bytes()[8 + header_len :])
-    with pytest.raises(CheckpointError) as excinfo:
-        ck.load_model(str(out), CPU)
-    assert_one_line_checkpoint_error(excinfo, str(out))
+    def break_index(header: dict) -> None:
+        name = next(k for k in header if k != "__metadata__")
+        header[name] = {"dtype": "F32", "shape": [2], "data_offsets": "everything"}
+
+    assert_edited_header_rejected(saved, tmp_path / "index.safetensors", break_index)
 
 
 def test_tensors_with_wrong_shapes(saved, tmp_path: Path):
