@@ -9,6 +9,7 @@ progress bar becomes a plain log line every few steps, so CI logs show progress 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -52,9 +53,20 @@ def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities become null: JSON has no such numbers and strict parsers (jq) reject them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
     """Print exactly one JSON object on stdout (the `--json` contract)."""
-    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.write(json.dumps(json_safe(obj), sort_keys=True, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
@@ -79,7 +91,7 @@ def eval_table(result: dict[str, Any]) -> None:
         if isinstance(value, list):
             value = " ".join(f"{v:.3f}" for v in value)
         elif isinstance(value, float):
-            value = f"{value:.4g}"
+            value = f"{value:.4g}" if math.isfinite(value) else "n/a"
         table.add_row(name, str(value))
     for gate in result["gates"]:
         table.add_row(f"gate {gate['gate']}", "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]")

@@ -173,6 +173,7 @@ def test_eval_json_states_its_protocol_and_logs_to_the_run(eval_runs: dict[str, 
     assert code == 0, out
     result = json.loads(out)
     assert set(result["metrics"]) >= {"fid", "kid", "is", "precision", "recall", "density", "coverage"}
+    assert "NaN" not in out  # strict JSON: non-finite numbers are written as null
     assert result["protocol"]["extractor"] == "classifier" and result["protocol"]["n_real"] == 30
     assert result["protocol"]["reference"] == "fashion-mnist test"
     lines = (eval_runs["dcgan"] / "metrics.jsonl").read_text().splitlines()
@@ -201,3 +202,9 @@ def test_real_floor_and_image_folder(eval_runs: dict[str, Path], tmp_path: Path)
     assert run_cli("sample", "-c", str(eval_runs["dcgan"]), "--n", "12", "--out", str(tmp_path / "pngs"))[0] == 0
     code, out = run_cli("eval", "--images", str(tmp_path / "pngs"), "--data", "fashion-mnist", "--data-dir", str(eval_runs["root"]), "--metrics", "fid,kid", "--json")
     assert code == 0 and json.loads(out)["protocol"]["n_generated"] == 12
+
+
+def test_json_output_writes_non_finite_numbers_as_null() -> None:
+    from genai_cli.console import json_safe
+
+    assert json_safe({"is": float("nan"), "per_class": [1.0, float("inf")], "n": 3}) == {"is": None, "per_class": [1.0, None], "n": 3}
