@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -146,12 +145,3 @@ def step_progress(total: int, start: int, log_every: int) -> Iterator[StepProgre
     with bar:
         yield StepProgress(total, start, log_every, bar)
 
-
-class Stopwatch:
-    """Wall-clock seconds since creation; used for images/s in logs and results."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start

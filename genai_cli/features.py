@@ -55,7 +55,6 @@ class Extractor:
     protocol: str  # how images are prepared, printed with every result
     _features: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
     device: torch.device
-    has_logits: bool = False
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch: int = FEATURE_BATCH,
@@ -154,7 +153,7 @@ def load_inception(path: str | None, device: torch.device) -> Extractor:
         return pool, net.fc(pool)
 
     return Extractor("inception", str(weights), sha, 2048, "bilinear resize to 299, x/127.5 - 1 (pytorch-fid), gray -> RGB",
-                     pool_and_logits, device, has_logits=True)
+                     pool_and_logits, device)
 
 
 def _tf_pooling(block: type, pool: Callable[[torch.Tensor], torch.Tensor]) -> type:
@@ -287,7 +286,7 @@ def load_classifier(dataset: str, device: torch.device, num_classes: int,
     net = net.to(device).eval()
     extractor = Extractor("classifier", str(path), file_sha256(path), 128,
                           "genai SmallCNN penultimate layer at the dataset's own size, x/127.5 - 1",
-                          lambda x: net(x.float() / 127.5 - 1), device, has_logits=True)
+                          lambda x: net(x.float() / 127.5 - 1), device)
     return extractor, info
 
 
