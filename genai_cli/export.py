@@ -38,7 +38,7 @@ from torch import nn
 from genai_cli import __version__, console
 from genai_cli import checkpoint as ckpt
 from genai_cli.errors import CheckpointError, ExportCheckFailed, GenaiError, UsageError
-from genai_cli.fileio import atomic_write, file_sha256, move_into_place
+from genai_cli.fileio import atomic_write, file_sha256, move_into_place, write_error
 from genai_cli.models import MODELS, GenerativeModel
 from genai_cli.sampling import latents
 
@@ -331,7 +331,7 @@ def staging(out: Path) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
     except OSError as err:
-        raise GenaiError(f"cannot write {out}: {err.strerror or err}; choose a writable --out") from err
+        raise write_error(out, err) from err
     try:
         yield stage
     finally:

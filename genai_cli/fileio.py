@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -24,23 +25,35 @@ def atomic_write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise GenaiError(f"cannot write {path}: {err.strerror or err}; choose a writable --out") from err
+        raise write_error(path, err) from err
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; give ours the permissions open() would
             os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_synced(fd, data)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise GenaiError(
-                f"cannot write {path}: {err.strerror or err}; free disk space or choose another --out"
-            ) from err
+            raise write_error(path, err) from err
         raise
     _fsync_dir(path.parent)
+
+
+def _write_synced(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd`, fsync and close it: where a full disk or a failing device shows up."""
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_error(path: Path, err: OSError) -> GenaiError:
+    """One line naming the file, the reason and a fix that fits the reason."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space and run again (the previous file, if any, is unchanged)"
+    else:
+        fix = "choose a writable --out"
+    return GenaiError(f"cannot write {path}: {err.strerror or err}; {fix}")
 
 
 def move_into_place(src: Path, dst: Path) -> None:
@@ -49,7 +62,7 @@ def move_into_place(src: Path, dst: Path) -> None:
     try:
         os.replace(src, dst)
     except OSError as err:
-        raise GenaiError(f"cannot write {dst}: {err.strerror or err}; choose a writable --out") from err
+        raise write_error(dst, err) from err
     _fsync_dir(dst.parent)
 
 
