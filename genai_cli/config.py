@@ -29,6 +29,7 @@ class ModelConfig:
     num_classes: int = 0  # > 0 only for conditional families
     width: int = 64  # base channel count (ngf/ndf) for conv models
     beta: float = 1.0  # VAE: weight of the KL term (beta-VAE)
+    norm: str = "batch"  # "batch", "group" or "none" (see models.blocks.norm_layer)
 
 
 @dataclass

@@ -8,6 +8,8 @@ doubles at every halving of resolution, as in Radford et al. (2015). This covers
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -34,22 +36,38 @@ def stage_widths(width: int, stages: int) -> list[int]:
     return [width * min(2**i, MAX_WIDTH_MULTIPLIER) for i in range(stages)]
 
 
+NORMS = ("batch", "group", "none")
+
+
+def norm_layer(norm: str, channels: int, dims: int = 2) -> nn.Module:
+    """BatchNorm (the DCGAN default), GroupNorm (independent of the batch, so of how DDP
+    splits it; no SyncBatchNorm needed on CPU), or nothing."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(32, channels), channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown normalisation {norm!r}; choose one of {', '.join(NORMS)}")
+
+
 class ConvGenerator(nn.Module):
     """Latent vector -> image: one projection to s0 x s0, then stride-2 transposed convs."""
 
-    def __init__(self, in_dim: int, channels: int, image_size: int, width: int) -> None:
+    def __init__(self, in_dim: int, channels: int, image_size: int, width: int, norm: str = "batch") -> None:
         super().__init__()
         base, stages = resolution_plan(image_size)
         widths = stage_widths(width, stages)[::-1]  # base map first
+        bias = norm == "none"  # a normalisation layer's shift makes a conv bias redundant
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(in_dim, widths[0], base, 1, 0, bias=False),
-            nn.BatchNorm2d(widths[0]),
+            nn.ConvTranspose2d(in_dim, widths[0], base, 1, 0, bias=bias),
+            norm_layer(norm, widths[0]),
             nn.ReLU(True),
         ]
         for w_in, w_out in zip(widths, widths[1:]):
             layers += [
-                nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(w_out),
+                nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=bias),
+                norm_layer(norm, w_out),
                 nn.ReLU(True),
             ]
         layers.append(nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False))
@@ -61,9 +79,9 @@ class ConvGenerator(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """Image -> feature map at s0 x s0: stride-2 convs with LeakyReLU, BatchNorm after the first."""
+    """Image -> feature map at s0 x s0: stride-2 convs with LeakyReLU, normalised after the first."""
 
-    def __init__(self, channels: int, image_size: int, width: int) -> None:
+    def __init__(self, channels: int, image_size: int, width: int, norm: str = "batch") -> None:
         super().__init__()
         base, stages = resolution_plan(image_size)
         widths = stage_widths(width, stages)
@@ -73,8 +91,8 @@ class ConvEncoder(nn.Module):
         ]
         for w_in, w_out in zip(widths, widths[1:]):
             layers += [
-                nn.Conv2d(w_in, w_out, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(w_out),
+                nn.Conv2d(w_in, w_out, 4, 2, 1, bias=norm == "none"),
+                norm_layer(norm, w_out),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         self.net = nn.Sequential(*layers)
@@ -85,13 +103,13 @@ class ConvEncoder(nn.Module):
 
 
 def dcgan_init(module: nn.Module) -> None:
-    """N(0, 0.02) conv weights, N(1, 0.02) BatchNorm scales (Radford et al. 2015)."""
+    """N(0, 0.02) conv weights, N(1, 0.02) normalisation scales (Radford et al. 2015)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 

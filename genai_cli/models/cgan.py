@@ -23,7 +23,7 @@ class ConditionalGenerator(nn.Module):
         assert config.latent_dim and config.channels and config.image_size
         self.labels = LabelEmbedding(config.num_classes, LABEL_EMBEDDING_DIM)
         self.body = ConvGenerator(
-            config.latent_dim + LABEL_EMBEDDING_DIM, config.channels, config.image_size, config.width
+            config.latent_dim + LABEL_EMBEDDING_DIM, config.channels, config.image_size, config.width, config.norm
         )
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ class ProjectionDiscriminator(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         assert config.channels and config.image_size
-        self.features = ConvEncoder(config.channels, config.image_size, config.width)
+        self.features = ConvEncoder(config.channels, config.image_size, config.width, config.norm)
         self.linear = nn.Linear(self.features.out_channels, 1)
         self.embed = nn.Embedding(config.num_classes, self.features.out_channels)
 

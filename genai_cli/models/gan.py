@@ -13,15 +13,16 @@ from torch import nn
 
 from genai_cli.config import ModelConfig
 from genai_cli.models.base import AdversarialModel, ModelSpec
+from genai_cli.models.blocks import norm_layer
 
 
 class MLPGenerator(nn.Module):
-    def __init__(self, latent_dim: int, shape: tuple[int, int, int], width: int) -> None:
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], width: int, norm: str = "batch") -> None:
         super().__init__()
         hidden = [4 * width, 8 * width, 16 * width]
         layers: list[nn.Module] = []
         for w_in, w_out in zip([latent_dim, *hidden], hidden):
-            layers += [nn.Linear(w_in, w_out), nn.BatchNorm1d(w_out), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Linear(w_in, w_out), norm_layer(norm, w_out, dims=1), nn.LeakyReLU(0.2, inplace=True)]
         layers += [nn.Linear(hidden[-1], math.prod(shape)), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.shape = shape
@@ -49,7 +50,7 @@ def build(config: ModelConfig) -> AdversarialModel:
     shape = (config.channels, config.image_size, config.image_size)
     return AdversarialModel(
         config,
-        MLPGenerator(config.latent_dim, shape, config.width),
+        MLPGenerator(config.latent_dim, shape, config.width, config.norm),
         MLPDiscriminator(shape, config.width),
     )
 

@@ -21,7 +21,7 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         assert config.latent_dim and config.channels and config.image_size
-        self.features = ConvEncoder(config.channels, config.image_size, config.width)
+        self.features = ConvEncoder(config.channels, config.image_size, config.width, config.norm)
         flat = self.features.out_channels * self.features.out_size**2
         self.labels = LabelEmbedding(config.num_classes, LABEL_EMBEDDING_DIM) if config.num_classes else None
         self.head = nn.Linear(flat + (LABEL_EMBEDDING_DIM if self.labels else 0), 2 * config.latent_dim)
@@ -40,7 +40,7 @@ class Decoder(nn.Module):
         assert config.latent_dim and config.channels and config.image_size
         self.labels = LabelEmbedding(config.num_classes, LABEL_EMBEDDING_DIM) if config.num_classes else None
         in_dim = config.latent_dim + (LABEL_EMBEDDING_DIM if self.labels else 0)
-        self.body = ConvGenerator(in_dim, config.channels, config.image_size, config.width)
+        self.body = ConvGenerator(in_dim, config.channels, config.image_size, config.width, config.norm)
 
     def logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.labels is not None:
