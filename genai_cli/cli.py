@@ -95,6 +95,7 @@ def train(
     channels: Annotated[Optional[int], typer.Option(help="1 (gray) or 3 (RGB). \\[default: the dataset's]")] = None,
     width: Annotated[Optional[int], typer.Option(help=f"Base channel width of the networks. \\[default: {_M.width}]")] = None,
     beta: Annotated[Optional[float], typer.Option(help=f"VAE KL weight (beta-VAE). \\[default: {_M.beta}]")] = None,
+    norm: Annotated[Optional[str], typer.Option(help=f"Normalisation layers: batch, group (independent of how processes split a batch) or none. \\[default: {_M.norm}]")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed for weights, batches and noise. \\[default: {_T.seed}]")] = None,
     device: Device = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory. \\[default: runs/<model>-<data>-NNN]")] = None,
@@ -102,15 +103,23 @@ def train(
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between log lines. \\[default: {_T.log_every}]")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids. \\[default: {_T.sample_every}]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints. \\[default: {_T.save_every}]")] = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option(help="Train on this many processes per machine through torchrun (DDP; gloo on CPU, nccl on GPUs).")] = None,
+    nnodes: Annotated[str, typer.Option(help="Machines (or MIN:MAX) for torchrun; above 1 needs --rdzv-endpoint.")] = "1",
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT where the machines of a multi-node run meet. \\[default: a free local port]")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")] = False,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Train a model; writes a run directory with model.safetensors, samples and metrics."""
+    if (nproc_per_node or rdzv_endpoint or nnodes != "1") and "WORLD_SIZE" not in os.environ:
+        from genai_cli import distributed
+
+        with reporting_errors(quiet, debug):
+            raise typer.Exit(distributed.launch(sys.argv[2:], nproc_per_node or 1, nnodes, rdzv_endpoint))
     flags: dict[str, Any] = {
         "model.kind": model, "model.latent_dim": latent_dim, "model.image_size": image_size,
-        "model.channels": channels, "model.width": width, "model.beta": beta,
+        "model.channels": channels, "model.width": width, "model.beta": beta, "model.norm": norm,
         "data.name": data, "data.data_dir": data_dir, "data.split": split,
         "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
         "train.lr_d": lr_d, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.seed": seed,
@@ -123,7 +132,11 @@ def train(
         if dry_run:
             console.emit_text(training.resolve(flags, resume).to_json(indent=2))
             return
+        from genai_cli.distributed import current_world
+
         result = training.train(flags, out=out, resume=resume)
+        if not current_world().is_main:  # under torchrun, rank 0 alone reports
+            return
         if json_out:
             console.emit_json(result.to_dict())
         else:

@@ -11,8 +11,10 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from genai_cli.config import TrainConfig
+from genai_cli.distributed import SINGLE_PROCESS, World, global_slice, wrap
 from genai_cli.models import AdversarialModel, GenerativeModel, VariationalModel
 from genai_cli.runtime import autocast
 
@@ -49,24 +51,28 @@ class EMA:
 class AdversarialObjective:
     """Alternating D and G updates with logit losses (non-saturating BCE or hinge)."""
 
-    def __init__(self, model: AdversarialModel, train: TrainConfig, device: torch.device) -> None:
+    def __init__(self, model: AdversarialModel, train: TrainConfig, device: torch.device, world: World) -> None:
         assert train.lr is not None and train.beta1 is not None
         betas = (train.beta1, train.beta2)
-        self.model, self.device, self.loss = model, device, train.gan_loss
+        self.model, self.device, self.loss, self.world = model, device, train.gan_loss, world
         self.ema = EMA(model.generator, train.ema) if train.ema else None
+        # Under DDP, G and D's own update go through the wrappers that average gradients;
+        # G's loss goes through the bare D, whose gradients nobody needs.
+        self.generator = wrap(model.generator, world, device)
+        self.discriminator = wrap(model.discriminator, world, device)
         self.optimizers = {
             "generator": adam(model.generator.parameters(), train.lr, betas, device),
             "discriminator": adam(model.discriminator.parameters(), train.lr_d or train.lr, betas, device),
         }
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
-        g, d = self.model.generator, self.model.discriminator
+        g, d = self.generator, self.model.discriminator
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
-        z = torch.randn(real.shape[0], self.model.latent_dim, device=real.device)
+        z = global_slice(torch.randn(real.shape[0] * self.world.size, self.model.latent_dim, device=real.device), self.world)
 
         with autocast(self.device):
             fake = g(z, labels)
-            d_real, d_fake = d(real, labels), d(fake.detach(), labels)
+            d_real, d_fake = self.discriminator(real, labels), self.discriminator(fake.detach(), labels)
         loss_d = self._d_loss(d_real.float(), d_fake.float())
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -82,7 +88,7 @@ class AdversarialObjective:
         opt_g.step()
         d.requires_grad_(True)
         if self.ema is not None:
-            self.ema.update(g)
+            self.ema.update(self.model.generator)
 
         return {
             "loss_d": loss_d.detach(),
@@ -104,24 +110,34 @@ class AdversarialObjective:
         return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
 
 
-def elbo_terms(model: VariationalModel, real: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-batch mean reconstruction (nats, Bernoulli on [0, 1] pixels) and KL to N(0, I)."""
-    mu, logvar = model.encoder(real, labels)
-    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-    logits = model.decode_logits(z, labels).float()
-    target = (real.float() + 1) / 2
-    n = real.shape[0]
-    recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / n
-    kl = -0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp()) / n
-    return recon, kl
+class ELBOTerms(nn.Module):
+    """Per-batch mean reconstruction (nats, Bernoulli on [0, 1] pixels) and KL to N(0, I).
+
+    A module, so that DDP can wrap the whole encoder-decoder pass in one forward call.
+    """
+
+    def __init__(self, model: VariationalModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, real: torch.Tensor, labels: torch.Tensor | None, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.model.encoder(real, labels)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        logits = self.model.decode_logits(z, labels).float()
+        target = (real.float() + 1) / 2
+        n = real.shape[0]
+        recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / n
+        kl = -0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp()) / n
+        return recon, kl
 
 
 class ELBOObjective:
     """Negative ELBO = reconstruction + beta * KL, one Adam step per batch."""
 
-    def __init__(self, model: VariationalModel, train: TrainConfig, device: torch.device) -> None:
+    def __init__(self, model: VariationalModel, train: TrainConfig, device: torch.device, world: World) -> None:
         assert train.lr is not None and train.beta1 is not None
-        self.model, self.device = model, device
+        self.model, self.device, self.world = model, device, world
+        self.terms = wrap(ELBOTerms(model), world, device)
         self.optimizers = {"model": adam(model.parameters(), train.lr, (train.beta1, train.beta2), device)}
         self.ema = None
 
@@ -129,8 +145,10 @@ class ELBOObjective:
         return self.model
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
+        n, latent = real.shape[0], self.model.latent_dim
+        eps = global_slice(torch.randn(n * self.world.size, latent, device=real.device), self.world)
         with autocast(self.device):
-            recon, kl = elbo_terms(self.model, real, labels)
+            recon, kl = self.terms(real, labels, eps)
         loss = recon + self.model.config.beta * kl
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)
@@ -142,9 +160,9 @@ class ELBOObjective:
 Objective = AdversarialObjective | ELBOObjective
 
 
-def make_objective(model: GenerativeModel, train: TrainConfig, device: torch.device) -> Objective:
+def make_objective(model: GenerativeModel, train: TrainConfig, device: torch.device, world: World = SINGLE_PROCESS) -> Objective:
     if isinstance(model, AdversarialModel):
-        return AdversarialObjective(model, train, device)
+        return AdversarialObjective(model, train, device, world)
     if isinstance(model, VariationalModel):
-        return ELBOObjective(model, train, device)
+        return ELBOObjective(model, train, device, world)
     raise TypeError(f"no training objective for {type(model).__name__}")

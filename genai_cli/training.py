@@ -22,14 +22,16 @@ from typing import Any
 
 import torch
 
-from genai_cli import __version__, console, sampling
+from genai_cli import __version__, console, distributed, sampling
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
 from genai_cli.config import Config, validate_train
 from genai_cli.data import ImageSource, load_dataset
+from genai_cli.distributed import SINGLE_PROCESS, World
 from genai_cli.errors import ExitCode, Interrupted, UsageError
 from genai_cli.fileio import append_line, atomic_write
 from genai_cli.models import MODELS, GenerativeModel, ModelSpec, VariationalModel
+from genai_cli.models.blocks import NORMS
 from genai_cli.objectives import Objective, make_objective
 from genai_cli.runtime import describe, pick_device, seed_everything
 
@@ -50,6 +52,7 @@ class TrainResult:
     images_per_sec: float
     seconds: float
     device: str
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +97,8 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     if spec.conditional and not source.labelled:
         raise UsageError(f"--model {spec.name} needs labelled data but {source.name} has no classes; "
                          "use class sub-folders or an unconditional model")
+    if model.norm not in NORMS:
+        raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {model.norm!r}")
     if model.latent_dim < 1 or model.width < 1:
         raise UsageError("--latent-dim and --width must be at least 1")
     return config
@@ -218,11 +223,17 @@ class Session:
     source: ImageSource
     model: GenerativeModel
     objective: Objective
+    world: World
     step: int = 0
 
     @property
+    def rank_batch_size(self) -> int:
+        """--batch-size is the global batch; each rank takes an equal slice of it."""
+        return self.config.train.batch_size // self.world.size
+
+    @property
     def steps_per_epoch(self) -> int:
-        return self.source.batches_per_epoch(self.config.train.batch_size)
+        return self.source.batches_per_epoch(self.rank_batch_size, self.world.size)
 
     @property
     def total_steps(self) -> int:
@@ -230,8 +241,11 @@ class Session:
         return t.steps if t.steps is not None else t.epochs * self.steps_per_epoch
 
     def save(self) -> Path:
+        """Rank 0 writes the checkpoint; every rank holds the same weights."""
         epoch = self.step // self.steps_per_epoch
         model_path = self.run_dir / ckpt.MODEL_FILE
+        if not self.world.is_main:
+            return model_path
         ema = self.objective.ema.shadow if self.objective.ema else None
         ckpt.save_training_state(self.run_dir / ckpt.STATE_FILE, self.model, self.objective.optimizers,
                                  self.config, self.step, epoch, str(self.device), ema)
@@ -248,9 +262,10 @@ class Plan:
     device: torch.device
     source: ImageSource
     state: ckpt.TrainingState | None
+    world: World
 
 
-def plan_run(flags: dict[str, Any], resume: str | None) -> Plan:
+def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PROCESS) -> Plan:
     state = ckpt.load_training_state(Path(resume)) if resume else None
     base = state.checkpoint.config if state else Config()
     config = apply_flags(base, flags, resuming=state is not None)
@@ -259,9 +274,12 @@ def plan_run(flags: dict[str, Any], resume: str | None) -> Plan:
     device = pick_device(config.train.device)
     source = load_source(config)
     config = resolve_config(config, spec, source)
-    if source.batches_per_epoch(config.train.batch_size) < 1:
-        raise UsageError(f"--batch-size {config.train.batch_size} is larger than the dataset ({len(source)} images); lower it")
-    return Plan(config, spec, device, source, state)
+    batch = config.train.batch_size
+    if batch % world.size:
+        raise UsageError(f"--batch-size {batch} does not split evenly over {world.size} processes; "
+                         f"use a multiple of {world.size}")
+    source.batches_per_epoch(batch // world.size, world.size)  # raises when the batch exceeds the data
+    return Plan(config, spec, device, source, state, world)
 
 
 def resolve(flags: dict[str, Any], resume: str | None = None) -> Config:
@@ -269,13 +287,25 @@ def resolve(flags: dict[str, Any], resume: str | None = None) -> Config:
     return plan_run(flags, resume).config
 
 
+def build_model(plan: Plan, device: torch.device) -> GenerativeModel:
+    """The family's model on the device; BatchNorm synchronised across GPU ranks under DDP."""
+    model = plan.spec.build(plan.config.model)
+    for name, child in model.named_children():
+        setattr(model, name, distributed.sync_batchnorm(child, plan.world, device))
+    return model.to(device)
+
+
 def start_session(plan: Plan, out: str | None, resume: str | None) -> Session:
-    config, device, state = plan.config, plan.device, plan.state
+    """Every rank seeds alike (identical initial weights and noise streams; see distributed.global_slice)."""
+    config, state, world = plan.config, plan.state, plan.world
+    device = distributed.start(world, plan.device)
     seed_everything(config.train.seed)
-    model = plan.spec.build(config.model).to(device)
-    objective = make_objective(model, config.train, device)
+    model = build_model(plan, device)
+    objective = make_objective(model, config.train, device, world)
     if state is None:
-        return Session(config, prepare_run_dir(out, config), device, plan.source, model, objective)
+        run_dir = prepare_run_dir(out, config) if world.is_main else Path()
+        run_dir = Path(distributed.broadcast_text(str(run_dir), world))
+        return Session(config, run_dir, device, plan.source, model, objective, world)
     run_dir = Path(resume)
     ckpt.load_weights_into(model, state.model_weights, state.checkpoint.path)
     for name, optimizer in objective.optimizers.items():
@@ -284,22 +314,37 @@ def start_session(plan: Plan, out: str | None, resume: str | None) -> Session:
     if objective.ema is not None:
         ckpt.load_weights_into(objective.ema.shadow, state.ema_weights, state.checkpoint.path)
         objective.ema.updates = state.checkpoint.step  # one update per step
-    trim_metrics(run_dir / METRICS_FILE, state.checkpoint.step)
-    return Session(config, run_dir, device, plan.source, model, objective, state.checkpoint.step)
+    if world.is_main:
+        trim_metrics(run_dir / METRICS_FILE, state.checkpoint.step)
+    return Session(config, run_dir, device, plan.source, model, objective, world, state.checkpoint.step)
 
 
 def train(flags: dict[str, Any], out: str | None = None, resume: str | None = None) -> TrainResult:
-    """Train from CLI-style flags ('section.field' -> value; None means not given)."""
+    """Train from CLI-style flags ('section.field' -> value; None means not given).
+
+    Under torchrun every process calls this; rank 0 alone logs and writes files.
+    """
     if out and resume:
         raise UsageError("--out and --resume both name the run directory; give only --resume")
-    session = start_session(plan_run(flags, resume), out, resume)
-    cfg, run_dir = session.config, session.run_dir
-    ckpt.save_config(run_dir, cfg)
-    point_latest(run_dir)
+    world = distributed.current_world()
+    if not world.is_main:
+        console.configure(quiet=True)
+    try:
+        return train_session(start_session(plan_run(flags, resume, world), out, resume), resumed=bool(resume))
+    finally:
+        distributed.stop()
+
+
+def train_session(session: Session, resumed: bool) -> TrainResult:
+    cfg, run_dir, main = session.config, session.run_dir, session.world.is_main
+    if main:
+        ckpt.save_config(run_dir, cfg)
+        point_latest(run_dir)
+    processes = f" × {session.world.size} processes" if session.world.distributed else ""
     console.info(f"genai {__version__}: training {cfg.model.kind} on {session.source.name} "
-                 f"({len(session.source)} images, {session.source.location}) on {describe(session.device)}")
+                 f"({len(session.source)} images, {session.source.location}) on {describe(session.device)}{processes}")
     console.info(f"run directory {run_dir}; {session.total_steps} steps of batch {cfg.train.batch_size}"
-                 + (f", resuming at step {session.step}" if resume else ""))
+                 + (f", resuming at step {session.step}" if resumed else ""))
     fixed_z, fixed_labels, per_row = fixed_sample_inputs(session)
     started = time.perf_counter()
     start_step = session.step
@@ -307,16 +352,17 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
         final_losses = run_steps(session, stop, progress, fixed_z, fixed_labels, per_row)
     seconds = time.perf_counter() - started
     model_path = session.save()
-    write_sample_grid(session, fixed_z, fixed_labels, per_row)
-    if isinstance(session.model, VariationalModel):
-        write_reconstructions(session)
-    write_loss_curve(run_dir)
+    if main:
+        write_sample_grid(session, fixed_z, fixed_labels, per_row)
+        if isinstance(session.model, VariationalModel):
+            write_reconstructions(session)
+        write_loss_curve(run_dir)
     done = session.step - start_step
     return TrainResult(
         run_dir=str(run_dir), checkpoint=str(model_path), step=session.step,
         epoch=session.step // session.steps_per_epoch, losses=final_losses,
         images_per_sec=done * cfg.train.batch_size / seconds if seconds > 0 else 0.0,
-        seconds=seconds, device=str(session.device),
+        seconds=seconds, device=str(session.device), processes=session.world.size,
     )
 
 
@@ -326,9 +372,12 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
     sums: dict[str, torch.Tensor] = {}
     last: dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
+    world = session.world
     while session.step < session.total_steps:
         epoch, start_batch = divmod(session.step, session.steps_per_epoch)
-        for images, labels in session.source.epoch_batches(epoch, cfg.batch_size, cfg.seed, session.device, start_batch):
+        batches = session.source.epoch_batches(epoch, session.rank_batch_size, cfg.seed, session.device,
+                                               start_batch, world.rank, world.size)
+        for images, labels in batches:
             losses = session.objective.step(images.float() / 127.5 - 1, labels)
             for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
@@ -336,12 +385,14 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
             window_steps += 1
             progress.advance(session.step)
             step, finished = session.step, session.step >= session.total_steps
-            if step % cfg.log_every == 0 or finished or stop.signum is not None:
+            at_log = step % cfg.log_every == 0 or finished
+            stopping = stop_agreed(session, stop, at_log)
+            if at_log or stopping:
                 last = log_window(session, progress, sums, window_steps, time.perf_counter() - window_start)
                 sums, window_steps, window_start = {}, 0, time.perf_counter()
-            if step % cfg.sample_every == 0:
+            if step % cfg.sample_every == 0 and world.is_main:
                 write_sample_grid(session, fixed_z, fixed_labels, per_row)
-            if stop.signum is not None:
+            if stopping:
                 session.save()
                 stop.raise_if_requested(session.run_dir, step)
             if step % cfg.save_every == 0 and not finished:
@@ -349,6 +400,17 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
             if finished:
                 break
     return last
+
+
+def stop_agreed(session: Session, stop: StopRequest, at_log: bool) -> bool:
+    """Whether to stop after this step: at once for one process; for several, all ranks
+    agree at the next log step (one tiny all-reduce), so no rank waits on a stopped peer."""
+    if not session.world.distributed:
+        return stop.signum is not None
+    if not at_log or not distributed.any_rank(stop.signum is not None, session.world, session.device):
+        return False
+    stop.signum = stop.signum or signal.SIGTERM  # a peer was signalled: this rank stops with it
+    return True
 
 
 def log_window(session: Session, progress: console.StepProgress, sums: dict[str, torch.Tensor],
@@ -364,7 +426,8 @@ def log_window(session: Session, progress: console.StepProgress, sums: dict[str,
         "images_per_sec": round(steps * session.config.train.batch_size / max(seconds, 1e-9), 2),
         "time": round(time.time(), 3),
     }
-    append_line(session.run_dir / METRICS_FILE, json.dumps(row))
+    if session.world.is_main:
+        append_line(session.run_dir / METRICS_FILE, json.dumps(row))
     progress.report(session.step, {k: v for k, v in row.items() if k not in ("time", "step")})
     return losses
 

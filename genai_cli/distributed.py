@@ -1,0 +1,146 @@
+"""Training on several processes with PyTorch's own engine: torchrun starts them, DDP syncs them.
+
+`genai train --nproc-per-node N` re-launches itself under `torch.distributed.run` (as
+torchtune's `tune run` does); `torchrun -m genai_cli train ...` works the same way. Each
+process reads its rank from the environment torchrun sets. `--batch-size` stays the global
+batch, so a run computes the same maths on any number of processes and a checkpoint
+written by N processes resumes on M.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from genai_cli.errors import UsageError
+
+LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run: rank 0 alone logs, samples and writes files."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+SINGLE_PROCESS = World()
+
+
+def current_world() -> World:
+    """The world torchrun describes in the environment (a single process without it)."""
+    env = os.environ
+    return World(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
+
+
+def start(world: World, device: torch.device) -> torch.device:
+    """Join the process group (nccl on CUDA, gloo elsewhere); returns this rank's device."""
+    if not world.distributed:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sync_batchnorm(module: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """BatchNorm statistics over the global batch; PyTorch implements that on GPUs only."""
+    if world.distributed and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return module
+
+
+def wrap(module: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """DDP averages gradients across ranks during backward; a no-op for one process."""
+    if not world.distributed or not any(p.requires_grad for p in module.parameters()):
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def any_rank(flag: bool, world: World, device: torch.device) -> bool:
+    """True on every rank when it is true on one (e.g. a stop request), so all stop together."""
+    if not world.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast_text(text: str, world: World) -> str:
+    """Rank 0's string on every rank (the run directory rank 0 chose)."""
+    if not world.distributed:
+        return text
+    box = [text]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def global_slice(tensor_for_all: torch.Tensor, world: World) -> torch.Tensor:
+    """Rank r's rows of a tensor drawn for the global batch (same RNG state on every rank).
+
+    Noise drawn this way gives each rank different noise and keeps a run's maths independent
+    of the number of processes: with one process it is exactly `torch.randn(batch, ...)`.
+    """
+    per_rank = tensor_for_all.shape[0] // world.size
+    return tensor_for_all[world.rank * per_rank : (world.rank + 1) * per_rank]
+
+
+def torchrun_command(train_args: Sequence[str], nproc_per_node: int, nnodes: str, rdzv_endpoint: str | None) -> list[str]:
+    """`python -m torch.distributed.run ... -m genai_cli train ARGS`; a free port on one node."""
+    if nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node must be at least 1, got {nproc_per_node}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node), "--nnodes", nnodes]
+    if rdzv_endpoint:
+        command += ["--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
+    elif nnodes not in ("1", "1:1"):
+        raise UsageError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT of a machine every node can reach")
+    else:
+        command += ["--standalone"]  # c10d rendezvous on localhost with a free port
+    return [*command, "-m", "genai_cli", "train", *train_args]
+
+
+def strip_launch_flags(argv: Sequence[str]) -> list[str]:
+    """The `genai train` arguments without the launcher's own flags (`--flag value` or `--flag=value`)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
+            kept.append(arg)
+    return kept
+
+
+def launch(argv: Sequence[str], nproc_per_node: int, nnodes: str, rdzv_endpoint: str | None) -> int:
+    """Run `genai train` under torchrun and return its exit code."""
+    command = torchrun_command(strip_launch_flags(argv), nproc_per_node, nnodes, rdzv_endpoint)
+    env = dict(os.environ)
+    # Share this machine's cores among its processes (torchrun would otherwise pick 1 and say so).
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    return subprocess.run(command, check=False, env=env).returncode
