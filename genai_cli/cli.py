@@ -15,7 +15,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from genai_cli import __version__, console
-from genai_cli.config import DataConfig, ModelConfig, TrainConfig
+from genai_cli.config import DataConfig, ModelConfig, TrainConfig, parse_duration
 from genai_cli.errors import ExitCode, GateFailed, GenaiError, UsageError
 
 app = typer.Typer(
@@ -103,6 +103,8 @@ def train(
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between log lines. \\[default: {_T.log_every}]")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids. \\[default: {_T.sample_every}]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints. \\[default: {_T.save_every}]")] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Stop cleanly, with a checkpoint, after this long (90s, 10m, 1h30m); --resume continues.")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing run in --out.")] = False,
     nproc_per_node: Annotated[Optional[int], typer.Option(help="Train on this many processes per machine through torchrun (DDP; gloo on CPU, nccl on GPUs).")] = None,
     nnodes: Annotated[str, typer.Option(help="Machines (or MIN:MAX) for torchrun; above 1 needs --rdzv-endpoint.")] = "1",
     rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT where the machines of a multi-node run meet. \\[default: a free local port]")] = None,
@@ -134,7 +136,8 @@ def train(
             return
         from genai_cli.distributed import current_world
 
-        result = training.train(flags, out=out, resume=resume)
+        seconds = parse_duration(max_time) if max_time is not None else None
+        result = training.train(flags, out=out, resume=resume, force=force, max_time=seconds)
         if not current_world().is_main:  # under torchrun, rank 0 alone reports
             return
         if json_out:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,3 +144,19 @@ def validate_train(train: TrainConfig) -> None:
         raise UsageError(f"--ema must be in [0, 1) (0 turns it off), got {train.ema}")
     if train.gan_loss not in ("bce", "hinge"):
         raise UsageError(f"--gan-loss must be 'bce' or 'hinge', got {train.gan_loss!r}")
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h', '1h30m' -> seconds (a bare number is seconds)."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(compact)
+    if not compact or "".join(number + unit for number, unit in parts) != compact:
+        raise UsageError(f"--max-time {text!r} is not a duration; write it like 90s, 10m, 1h30m or 2h")
+    seconds = sum(float(number) * _DURATION_UNITS[unit or "s"] for number, unit in parts)
+    if seconds <= 0:
+        raise UsageError(f"--max-time must be longer than zero, got {text!r}")
+    return seconds

@@ -82,13 +82,13 @@ def wrap(module: nn.Module, world: World, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
-def any_rank(flag: bool, world: World, device: torch.device) -> bool:
-    """True on every rank when it is true on one (e.g. a stop request), so all stop together."""
+def any_rank(flags: Sequence[bool], world: World, device: torch.device) -> list[bool]:
+    """Each flag true on every rank when it is true on one (a stop request, a NaN), so all act together."""
     if not world.distributed:
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return list(flags)
+    values = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in values.tolist()]
 
 
 def broadcast_text(text: str, world: World) -> str:

@@ -16,6 +16,7 @@ class ExitCode:
     USAGE = 2  # wrong flags or arguments (Typer uses 2 as well)
     GATE_FAILED = 3  # `genai eval --fail-if` threshold not met
     EXPORT_CHECK_FAILED = 4  # `genai export --check`: the exported model computes something else
+    DIVERGED = 5  # training produced NaN/inf losses or weights; the last good checkpoint is kept
     SIGINT = 130  # interrupted with Ctrl-C; a checkpoint was saved
     SIGTERM = 143  # terminated; a checkpoint was saved
 
@@ -57,6 +58,12 @@ class GateFailed(GenaiError):
     """A `genai eval --fail-if` threshold was crossed."""
 
     exit_code = ExitCode.GATE_FAILED
+
+
+class TrainingDiverged(GenaiError):
+    """Losses or weights became NaN or infinite; nothing non-finite was saved."""
+
+    exit_code = ExitCode.DIVERGED
 
 
 class Interrupted(GenaiError):

@@ -12,10 +12,11 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,7 +29,7 @@ from genai_cli import images as imgs
 from genai_cli.config import Config, validate_train
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.distributed import SINGLE_PROCESS, World
-from genai_cli.errors import ExitCode, Interrupted, UsageError
+from genai_cli.errors import ExitCode, Interrupted, TrainingDiverged, UsageError
 from genai_cli.fileio import append_line, atomic_write
 from genai_cli.models import MODELS, GenerativeModel, ModelSpec, VariationalModel
 from genai_cli.models.blocks import NORMS
@@ -38,8 +39,11 @@ from genai_cli.runtime import describe, pick_device, seed_everything
 METRICS_FILE = "metrics.jsonl"
 SAMPLE_GRID_SIZE = 64
 # Flags that may change when a run is resumed; anything else would change the maths.
-RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every",
-             "train.sample_every", "train.save_every", "data.data_dir"}
+RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "train.sample_every",
+             "train.save_every", "train.lr", "train.lr_d", "data.data_dir"}
+# A discriminator whose loss stays below this for this many steps has won: G learns nothing.
+D_COLLAPSE_LOSS = 0.01
+D_COLLAPSE_STEPS = 500
 
 
 @dataclass
@@ -53,6 +57,7 @@ class TrainResult:
     seconds: float
     device: str
     processes: int = 1
+    max_time_reached: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,15 +142,26 @@ def point_latest(run_dir: Path) -> None:
         console.warn(f"could not update {link}: {err.strerror or err}; pass --checkpoint {run_dir} to sample")
 
 
-def prepare_run_dir(out: str | None, config: Config) -> Path:
+def prepare_run_dir(out: str | None, config: Config, force: bool = False) -> Path:
+    """A fresh run directory; an existing run there is replaced only with --force."""
     run_dir = Path(out) if out else new_run_dir(ckpt.RUNS_DIR, config)
     if (run_dir / ckpt.MODEL_FILE).exists() or (run_dir / ckpt.STATE_FILE).exists():
-        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+        if not force:
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+                             "replace it with --force, or choose another --out")
+        remove_run(run_dir)
     try:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"cannot create run directory {run_dir}: {err.strerror or err}; choose a writable --out") from err
     return run_dir
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete what a run writes (checkpoints first), leaving any other file of the user's alone."""
+    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE, METRICS_FILE, "loss.png", "reconstructions.png"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "samples", ignore_errors=True)
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -210,6 +226,34 @@ class StopRequest:
             )
 
 
+# ---------------------------------------------------------------- training health
+
+
+@dataclass
+class CollapseWatch:
+    """Warns once when D's loss stays near zero: D has won and G gets no gradient to learn from."""
+
+    since: int | None = None
+    warned: bool = False
+
+    def update(self, step: int, window_steps: int, loss_d: float) -> str | None:
+        if loss_d >= D_COLLAPSE_LOSS:
+            self.since = None
+            return None
+        self.since = step - window_steps if self.since is None else self.since
+        if self.warned or step - self.since < D_COLLAPSE_STEPS:
+            return None
+        self.warned = True
+        return (f"discriminator collapse: loss_d has stayed below {D_COLLAPSE_LOSS} since step {self.since}, "
+                "so the generator gets no useful gradient; try a lower --lr-d, --gan-loss hinge, "
+                "or resume an earlier checkpoint")
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """One host sync for any number of tensors."""
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -225,6 +269,10 @@ class Session:
     objective: Objective
     world: World
     step: int = 0
+    saved_step: int | None = None  # the newest checkpoint on disk
+    deadline: float | None = None  # time.monotonic() at which --max-time ends the run
+    out_of_time: bool = False
+    collapse: CollapseWatch = field(default_factory=CollapseWatch)
 
     @property
     def rank_batch_size(self) -> int:
@@ -241,9 +289,12 @@ class Session:
         return t.steps if t.steps is not None else t.epochs * self.steps_per_epoch
 
     def save(self) -> Path:
-        """Rank 0 writes the checkpoint; every rank holds the same weights."""
+        """Rank 0 writes the checkpoint (every rank holds the same weights); never non-finite weights."""
         epoch = self.step // self.steps_per_epoch
         model_path = self.run_dir / ckpt.MODEL_FILE
+        if not all_finite([*self.model.parameters(), *self.model.buffers()]):
+            raise self.diverged("the weights hold NaN or infinite values")
+        self.saved_step = self.step
         if not self.world.is_main:
             return model_path
         ema = self.objective.ema.shadow if self.objective.ema else None
@@ -251,6 +302,19 @@ class Session:
                                  self.config, self.step, epoch, str(self.device), ema)
         ckpt.save_model(model_path, self.objective.sampling_model(), self.config, self.step, epoch, str(self.device))
         return model_path
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        """The error for NaN/inf: which step, what is kept, and the knob to turn."""
+        lr = self.config.train.lr or 0.0
+        if self.saved_step is None:
+            keep = f"no checkpoint was written before it; train again with a lower --lr (now {lr:g}), e.g. --lr {lr / 2:g}"
+        else:
+            keep = (f"the checkpoint of step {self.saved_step} in {self.run_dir} is the last good one and unchanged; "
+                    f"continue it with a lower learning rate: genai train --resume {self.run_dir} --lr {lr / 2:g}")
+        return TrainingDiverged(f"training diverged at step {self.step}: {what}; {keep}")
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 @dataclass
@@ -295,7 +359,7 @@ def build_model(plan: Plan, device: torch.device) -> GenerativeModel:
     return model.to(device)
 
 
-def start_session(plan: Plan, out: str | None, resume: str | None) -> Session:
+def start_session(plan: Plan, out: str | None, resume: str | None, force: bool = False) -> Session:
     """Every rank seeds alike (identical initial weights and noise streams; see distributed.global_slice)."""
     config, state, world = plan.config, plan.state, plan.world
     device = distributed.start(world, plan.device)
@@ -303,34 +367,44 @@ def start_session(plan: Plan, out: str | None, resume: str | None) -> Session:
     model = build_model(plan, device)
     objective = make_objective(model, config.train, device, world)
     if state is None:
-        run_dir = prepare_run_dir(out, config) if world.is_main else Path()
+        run_dir = prepare_run_dir(out, config, force) if world.is_main else Path()
         run_dir = Path(distributed.broadcast_text(str(run_dir), world))
         return Session(config, run_dir, device, plan.source, model, objective, world)
     run_dir = Path(resume)
     ckpt.load_weights_into(model, state.model_weights, state.checkpoint.path)
     for name, optimizer in objective.optimizers.items():
+        learning_rates = [group["lr"] for group in optimizer.param_groups]  # from the flags: --lr may change
         optimizer.load_state_dict(state.optimizers[name])
+        for group, lr in zip(optimizer.param_groups, learning_rates):
+            group["lr"] = lr
     ckpt.restore_rng_state(state.rng)
     if objective.ema is not None:
         ckpt.load_weights_into(objective.ema.shadow, state.ema_weights, state.checkpoint.path)
         objective.ema.updates = state.checkpoint.step  # one update per step
     if world.is_main:
         trim_metrics(run_dir / METRICS_FILE, state.checkpoint.step)
-    return Session(config, run_dir, device, plan.source, model, objective, world, state.checkpoint.step)
+    step = state.checkpoint.step
+    return Session(config, run_dir, device, plan.source, model, objective, world, step, saved_step=step)
 
 
-def train(flags: dict[str, Any], out: str | None = None, resume: str | None = None) -> TrainResult:
+def train(flags: dict[str, Any], out: str | None = None, resume: str | None = None, force: bool = False,
+          max_time: float | None = None) -> TrainResult:
     """Train from CLI-style flags ('section.field' -> value; None means not given).
 
-    Under torchrun every process calls this; rank 0 alone logs and writes files.
+    `force` replaces an existing run in `out`; `max_time` (seconds) ends training cleanly,
+    with a checkpoint, once that much time has passed. Under torchrun every process calls
+    this; rank 0 alone logs and writes files.
     """
+    deadline = time.monotonic() + max_time if max_time is not None else None
     if out and resume:
         raise UsageError("--out and --resume both name the run directory; give only --resume")
     world = distributed.current_world()
     if not world.is_main:
         console.configure(quiet=True)
     try:
-        return train_session(start_session(plan_run(flags, resume, world), out, resume), resumed=bool(resume))
+        session = start_session(plan_run(flags, resume, world), out, resume, force)
+        session.deadline = deadline
+        return train_session(session, resumed=bool(resume))
     finally:
         distributed.stop()
 
@@ -363,6 +437,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
         epoch=session.step // session.steps_per_epoch, losses=final_losses,
         images_per_sec=done * cfg.train.batch_size / seconds if seconds > 0 else 0.0,
         seconds=seconds, device=str(session.device), processes=session.world.size,
+        max_time_reached=session.out_of_time,
     )
 
 
@@ -373,7 +448,7 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
     last: dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
     world = session.world
-    while session.step < session.total_steps:
+    while session.step < session.total_steps and not session.out_of_time:
         epoch, start_batch = divmod(session.step, session.steps_per_epoch)
         batches = session.source.epoch_batches(epoch, session.rank_batch_size, cfg.seed, session.device,
                                                start_batch, world.rank, world.size)
@@ -386,15 +461,19 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
             progress.advance(session.step)
             step, finished = session.step, session.step >= session.total_steps
             at_log = step % cfg.log_every == 0 or finished
-            stopping = stop_agreed(session, stop, at_log)
-            if at_log or stopping:
+            signalled, session.out_of_time = stop_requests(session, stop, at_log)
+            if at_log or signalled or session.out_of_time:
                 last = log_window(session, progress, sums, window_steps, time.perf_counter() - window_start)
                 sums, window_steps, window_start = {}, 0, time.perf_counter()
             if step % cfg.sample_every == 0 and world.is_main:
                 write_sample_grid(session, fixed_z, fixed_labels, per_row)
-            if stopping:
+            if signalled:
                 session.save()
                 stop.raise_if_requested(session.run_dir, step)
+            if session.out_of_time:
+                console.info(f"--max-time reached at step {step}; saving a checkpoint, "
+                             f"continue with: genai train --resume {session.run_dir}")
+                break
             if step % cfg.save_every == 0 and not finished:
                 session.save()
             if finished:
@@ -402,15 +481,18 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
     return last
 
 
-def stop_agreed(session: Session, stop: StopRequest, at_log: bool) -> bool:
-    """Whether to stop after this step: at once for one process; for several, all ranks
-    agree at the next log step (one tiny all-reduce), so no rank waits on a stopped peer."""
+def stop_requests(session: Session, stop: StopRequest, at_log: bool) -> tuple[bool, bool]:
+    """(signalled, out of --max-time) after this step: checked every step on one process;
+    several processes agree at log steps (one tiny all-reduce), so no rank waits on a stopped peer."""
+    signalled, late = stop.signum is not None, session.past_deadline()
     if not session.world.distributed:
-        return stop.signum is not None
-    if not at_log or not distributed.any_rank(stop.signum is not None, session.world, session.device):
-        return False
-    stop.signum = stop.signum or signal.SIGTERM  # a peer was signalled: this rank stops with it
-    return True
+        return signalled, late
+    if not at_log:
+        return False, False
+    signalled, late = distributed.any_rank([signalled, late], session.world, session.device)
+    if signalled:
+        stop.signum = stop.signum or signal.SIGTERM  # a peer was signalled: this rank stops with it
+    return signalled, late
 
 
 def log_window(session: Session, progress: console.StepProgress, sums: dict[str, torch.Tensor],
@@ -419,6 +501,11 @@ def log_window(session: Session, progress: console.StepProgress, sums: dict[str,
     names = list(sums)
     means = torch.stack([sums[k].float() for k in names]).div(steps).tolist() if names else []
     losses = dict(zip(names, means))
+    bad = [name for name, value in losses.items() if not math.isfinite(value)]
+    if distributed.any_rank([bool(bad)], session.world, session.device)[0]:
+        raise session.diverged(f"{', '.join(bad) or 'a loss on another process'} became NaN or infinite")
+    if "loss_d" in losses and (warning := session.collapse.update(session.step, steps, losses["loss_d"])):
+        console.warn(warning)
     row = {
         "step": session.step,
         "epoch": round(session.step / session.steps_per_epoch, 4),

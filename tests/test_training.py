@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import training
-from genai_cli.errors import UsageError
+from genai_cli.config import parse_duration
+from genai_cli.errors import ExitCode, TrainingDiverged, UsageError
+from genai_cli.objectives import ELBOObjective
 
 TINY = {"model.width": 8, "model.image_size": 16, "train.batch_size": 16, "train.log_every": 5}
 
@@ -109,16 +111,88 @@ def test_resume_refuses_to_change_the_model(bars_root: Path, tmp_path: Path) -> 
     run = training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=str(tmp_path / "r"))
     with pytest.raises(UsageError, match="--model cannot change"):
         training.train({"model.kind": "dcgan", "train.steps": 4}, resume=run.run_dir)
-    with pytest.raises(UsageError, match="--lr cannot change"):
-        training.train({"train.lr": 0.1, "train.steps": 4}, resume=run.run_dir)
+    with pytest.raises(UsageError, match="--beta1 cannot change"):
+        training.train({"train.beta1": 0.5, "train.steps": 4}, resume=run.run_dir)
+
+
+def test_resume_may_lower_the_learning_rate(bars_root: Path, tmp_path: Path) -> None:
+    """The fix a divergence message suggests: continue the last good checkpoint with a lower --lr."""
+    run = training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=str(tmp_path / "r"))
+    training.train({"train.lr": 1e-4, "train.steps": 3}, resume=run.run_dir)
+    state = ckpt.load_training_state(Path(run.run_dir))
+    assert state.checkpoint.config.train.lr == 1e-4
+    assert [g["lr"] for g in state.optimizers["model"]["param_groups"]] == [1e-4]
 
 
 def test_existing_run_directory_is_not_overwritten(bars_root: Path, tmp_path: Path) -> None:
     run = training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=str(tmp_path / "r"))
     before = (Path(run.run_dir) / ckpt.MODEL_FILE).read_bytes()
-    with pytest.raises(UsageError, match="--resume"):
+    with pytest.raises(UsageError, match="--resume .*--force"):
         training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=run.run_dir)
     assert (Path(run.run_dir) / ckpt.MODEL_FILE).read_bytes() == before
+
+
+def test_force_replaces_the_run_but_not_the_users_other_files(bars_root: Path, tmp_path: Path) -> None:
+    run = Path(training.train(flags(bars_root, "vae", **{"train.steps": 4, "train.log_every": 1}), out=str(tmp_path / "r")).run_dir)
+    (run / "notes.txt").write_text("mine")
+    training.train(flags(bars_root, "vae", **{"train.steps": 2, "train.log_every": 1}), out=str(run), force=True)
+    assert ckpt.load_training_state(run).checkpoint.step == 2
+    assert [r["step"] for r in metrics(run)] == [1, 2]  # the old run's log is gone with it
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_max_time_ends_training_cleanly_with_a_checkpoint(bars_root: Path, tmp_path: Path) -> None:
+    result = training.train(flags(bars_root, "dcgan", **{"train.steps": 100_000}), out=str(tmp_path / "r"), max_time=1e-6)
+    assert result.max_time_reached and result.step == 1  # the first step boundary after the deadline
+    assert ckpt.load_training_state(Path(result.run_dir)).checkpoint.step == 1
+    assert training.train({"train.steps": 3}, resume=result.run_dir).step == 3
+
+
+@pytest.mark.parametrize("text,seconds", [("45", 45), ("90s", 90), ("10m", 600), ("1.5h", 5400), ("1h30m", 5400)])
+def test_max_time_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "10x", "0", "0m", "-5m", "m"])
+def test_max_time_rejects_what_is_not_a_duration(text: str) -> None:
+    with pytest.raises(UsageError, match="--max-time"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("target,found", [("parameter", "became NaN or infinite"), ("buffer", "weights hold NaN")])
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(bars_root: Path, tmp_path: Path, monkeypatch, target: str, found: str) -> None:
+    """A NaN after step 3 in a weight (seen in the next loss) or a BatchNorm statistic (seen when saving)."""
+    original, calls = ELBOObjective.step, []
+
+    def poisoned(self: ELBOObjective, real: torch.Tensor, labels: torch.Tensor | None):
+        losses = original(self, real, labels)
+        calls.append(1)
+        if len(calls) == 3:
+            tensor = next(self.model.parameters()) if target == "parameter" else next(self.model.buffers())
+            tensor.data.fill_(float("nan"))
+        return losses
+
+    monkeypatch.setattr(ELBOObjective, "step", poisoned)
+    run = tmp_path / "r"
+    with pytest.raises(TrainingDiverged) as raised:
+        training.train(flags(bars_root, "vae", **{"train.steps": 10, "train.log_every": 1, "train.save_every": 2}), out=str(run))
+    message = str(raised.value)
+    assert raised.value.exit_code == ExitCode.DIVERGED == 5
+    assert found in message and "step 4" in message and "step 2" in message and "--lr 0.0005" in message
+    kept = ckpt.load_training_state(run)
+    assert kept.checkpoint.step == 2
+    assert all(torch.isfinite(t).all() for t in kept.model_weights.values())
+
+
+def test_collapse_warning_needs_many_steps_of_a_winning_discriminator() -> None:
+    watch = training.CollapseWatch()
+    window = 50
+    assert watch.update(50, window, 0.001) is None  # one quiet window is not collapse
+    assert watch.update(100, window, 0.5) is None  # and a recovery resets the count
+    messages = [watch.update(step, window, 0.001) for step in range(150, 100 + training.D_COLLAPSE_STEPS + 1, window)]
+    assert [m is not None for m in messages].count(True) == 1 and messages[-1] is not None
+    assert "--lr-d" in messages[-1] and "since step 100" in messages[-1]
+    assert watch.update(10_000, window, 0.001) is None  # warned once per run
 
 
 def test_conditional_model_needs_labels(flat_folder: Path, tmp_path: Path) -> None:
