@@ -38,6 +38,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_export.py
+	$(BIN)/python benchmarks/bench_throughput.py
 
 lint: setup
 	$(BIN)/ruff check genai_cli tests benchmarks
