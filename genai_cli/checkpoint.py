@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, Any], int]:
         raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # also over-long integers and absurd nesting
         raise CheckpointError(f"{path} has a corrupt safetensors header; it is damaged or not a checkpoint") from err
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} has a corrupt safetensors header; it is damaged or not a checkpoint")
@@ -132,12 +133,18 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, Any], int]:
 def _check_extent(path: Path, index: dict[str, Any], data_len: int) -> None:
     try:
         end = max((int(entry["data_offsets"][1]) for entry in index.values()), default=0)
-    except (TypeError, KeyError, IndexError, ValueError) as err:
+    except (TypeError, KeyError, IndexError, ValueError, OverflowError) as err:
         raise CheckpointError(f"{path} has a corrupt tensor index; it is damaged or not a checkpoint") from err
     if end > data_len:
         raise CheckpointError(
             f"{path} is truncated ({data_len} of {end} data bytes); re-save it or use an earlier checkpoint"
         )
+
+
+def printable(text: object) -> str:
+    """`text` with control characters and lone surrogates escaped: strings from a file go into one-line
+    messages and terminal output, and must not add lines or terminal codes there."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def read_metadata(path: Path, role: str = ROLE_MODEL) -> dict[str, str]:
@@ -154,29 +161,39 @@ def require_genai(path: Path, metadata: dict[str, str], role: str | None = ROLE_
             "use a model.safetensors written by `genai train`"
         )
     if role is not None and metadata.get("genai.role", ROLE_MODEL) != role:
-        raise CheckpointError(f"{path} is a genai {metadata.get('genai.role')} file, not a {role} file")
+        raise CheckpointError(f"{path} is a genai {printable(metadata.get('genai.role'))} file, not a {role} file")
     return metadata
 
 
 def config_from_metadata(path: Path, metadata: dict[str, str]) -> Config:
     try:
         return Config.from_json(metadata["genai.config"])
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path} has an unreadable genai config ({err}); the file was edited or damaged") from err
+    except (ValueError, TypeError, RecursionError) as err:
+        raise CheckpointError(f"{path} has an unreadable genai config ({printable(err)}); the file was edited or damaged") from err
 
 
 def load_file(path: Path, role: str = ROLE_MODEL) -> Checkpoint:
     metadata = read_metadata(path, role)
     config = config_from_metadata(path, metadata)
     try:
+        int(metadata.get("genai.step", 0)), int(metadata.get("genai.epoch", 0))
+    except ValueError as err:
+        raise CheckpointError(f"{path} has an unreadable step or epoch ({err}); the file was edited or damaged") from err
+    try:
         tensors = load_tensors(path.read_bytes())
     except Exception as err:  # safetensors raises its own error types for malformed data
-        raise CheckpointError(f"{path} has unreadable tensor data ({err}); it is damaged") from err
+        raise CheckpointError(f"{path} has unreadable tensor data ({printable(err)}); it is damaged") from err
     return Checkpoint(path, config, metadata, tensors)
 
 
 def load_weights_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Strict load with a one-line error when names, shapes or dtypes do not match."""
+    check_weights(module, tensors, path)
+    module.load_state_dict(tensors)
+
+
+def check_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A one-line CheckpointError unless `tensors` has exactly the module's names, shapes and dtypes."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -185,8 +202,7 @@ def load_weights_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor],
         detail = (
             f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else f"wrong shape or dtype for {wrong[:3]}"
         )
-        raise CheckpointError(f"{path} does not match its own config ({detail}); the file is damaged or was edited")
-    module.load_state_dict(tensors)
+        raise CheckpointError(f"{path} does not match its own config ({printable(detail)}); the file is damaged or was edited")
 
 
 def resolve_model_path(checkpoint: str | None) -> Path:
@@ -285,8 +301,8 @@ def load_training_state(run_dir: Path) -> TrainingState:
         extra = json.loads(ckpt.metadata["genai.state"])
         optimizers = unflatten_state(extra["optimizers"], ckpt.tensors)
         rng = unflatten_state(extra["rng"], ckpt.tensors)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path} has unreadable training state ({err}); the file was edited or damaged") from err
+    except (KeyError, TypeError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"{path} has unreadable training state ({printable(err)}); the file was edited or damaged") from err
     weights = {k.removeprefix("model."): v for k, v in ckpt.tensors.items() if k.startswith("model.")}
     ema = {k.removeprefix("ema."): v for k, v in ckpt.tensors.items() if k.startswith("ema.")}
     return TrainingState(ckpt, weights, ema, optimizers, rng)
@@ -303,22 +319,31 @@ def load_model(checkpoint: str | None, device: torch.device, expect_kind: str | 
     loaded = load_file(path)
     kind = loaded.config.model.kind
     if expect_kind and kind != expect_kind:
-        raise CheckpointError(f"{path} holds a {kind} model, not {expect_kind}; pass a {expect_kind} checkpoint")
+        raise CheckpointError(f"{path} holds a {printable(kind)} model, not {expect_kind}; pass a {expect_kind} checkpoint")
     if kind not in MODELS:
         raise CheckpointError(f"{path} holds a model kind {kind!r} this genai does not know; upgrade genai")
-    try:
-        model = MODELS.get(kind).build(loaded.config.model)
-    except Exception as err:  # a config no model can be built from: edited or damaged, not a flag error
-        raise CheckpointError(
-            f"{path} holds a {kind} config that cannot be built ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
-            "the file was edited or damaged"
-        ) from err
-    if loaded.metadata.get("genai.contents") == GENERATING_HALF:
+
+    def build(on_meta: bool) -> torch.nn.Module:
+        try:
+            with torch.device("meta") if on_meta else nullcontext():
+                return MODELS.get(kind).build(loaded.config.model)
+        except Exception as err:  # a config no model can be built from: edited or damaged, not a flag error
+            raise CheckpointError(
+                f"{path} holds a {kind} config that cannot be built ({printable(str(err).splitlines()[0]) if str(err) else type(err).__name__}); "
+                "the file was edited or damaged"
+            ) from err
+
+    # Shapes first, on the meta device (no memory): a config edited to a huge width must not allocate
+    # before it is refused; a model that matches the file's tensors is as small as the file.
+    model = build(on_meta=True)
+    half = loaded.metadata.get("genai.contents") == GENERATING_HALF
+    weights = loaded.tensors
+    if half:
         prefix = generating_prefix(model)
-        weights = {k.removeprefix(prefix): v.float() if v.is_floating_point() else v for k, v in loaded.tensors.items()}
-        load_weights_into(model.generating_half(), weights, path)
-    else:
-        load_weights_into(model, loaded.tensors, path)
+        weights = {k.removeprefix(prefix): v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    check_weights(model.generating_half() if half else model, weights, path)
+    model = build(on_meta=False)
+    load_weights_into(model.generating_half() if half else model, weights, path)
     return model.to(device).eval(), loaded
 
 
