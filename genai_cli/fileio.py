@@ -13,6 +13,8 @@ from genai_cli.errors import GenaiError
 _UMASK = os.umask(0o022)  # read the process umask once (os.umask can only read it by setting it)
 os.umask(_UMASK)
 
+TEMP_SUFFIX = ".tmp"  # atomic writes stage `.<name>.<random>.tmp` beside the target
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder, fsync, then rename over the target.
@@ -23,7 +25,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as err:
         raise write_error(path, err) from err
     try:
@@ -49,11 +51,22 @@ def _write_synced(fd: int, data: bytes) -> None:
 
 def write_error(path: Path, err: OSError) -> GenaiError:
     """One line naming the file, the reason and a fix that fits the reason."""
+    reason = err.strerror or str(err)
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free disk space and run again (the previous file, if any, is unchanged)"
     else:
         fix = "choose a writable --out"
-    return GenaiError(f"cannot write {path}: {err.strerror or err}; {fix}")
+    if err.errno in (errno.EEXIST, errno.ENOTDIR) and (blocker := _file_in_the_way(Path(path).parent)):
+        reason = f"{blocker} is a file, not a folder"  # rather than mkdir's bare "File exists"
+    return GenaiError(f"cannot write {path}: {reason}; {fix}")
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing ancestor of `folder` (or itself) when it is not a folder."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def move_into_place(src: Path, dst: Path) -> None:

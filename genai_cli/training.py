@@ -29,8 +29,8 @@ from genai_cli import images as imgs
 from genai_cli.config import Config, validate_train
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.distributed import SINGLE_PROCESS, World
-from genai_cli.errors import ExitCode, Interrupted, TrainingDiverged, UsageError
-from genai_cli.fileio import append_line, atomic_write
+from genai_cli.errors import CheckpointError, ExitCode, Interrupted, TrainingDiverged, UsageError
+from genai_cli.fileio import TEMP_SUFFIX, append_line, atomic_write
 from genai_cli.models import MODELS, GenerativeModel, ModelSpec, VariationalModel
 from genai_cli.models.blocks import NORMS
 from genai_cli.objectives import Objective, make_objective
@@ -371,20 +371,37 @@ def start_session(plan: Plan, out: str | None, resume: str | None, force: bool =
         run_dir = Path(distributed.broadcast_text(str(run_dir), world))
         return Session(config, run_dir, device, plan.source, model, objective, world)
     run_dir = Path(resume)
-    ckpt.load_weights_into(model, state.model_weights, state.checkpoint.path)
-    for name, optimizer in objective.optimizers.items():
-        learning_rates = [group["lr"] for group in optimizer.param_groups]  # from the flags: --lr may change
-        optimizer.load_state_dict(state.optimizers[name])
-        for group, lr in zip(optimizer.param_groups, learning_rates):
-            group["lr"] = lr
-    ckpt.restore_rng_state(state.rng)
-    if objective.ema is not None:
-        ckpt.load_weights_into(objective.ema.shadow, state.ema_weights, state.checkpoint.path)
-        objective.ema.updates = state.checkpoint.step  # one update per step
+    restore(model, objective, state)
     if world.is_main:
+        remove_stale_temporaries(run_dir)
         trim_metrics(run_dir / METRICS_FILE, state.checkpoint.step)
     step = state.checkpoint.step
     return Session(config, run_dir, device, plan.source, model, objective, world, step, saved_step=step)
+
+
+def restore(model: GenerativeModel, objective: Objective, state: ckpt.TrainingState) -> None:
+    """Weights, optimiser moments (keeping the flags' learning rates: --lr may change), EMA and RNGs."""
+    ckpt.load_weights_into(model, state.model_weights, state.checkpoint.path)
+    try:
+        for name, optimizer in objective.optimizers.items():
+            learning_rates = [group["lr"] for group in optimizer.param_groups]
+            optimizer.load_state_dict(state.optimizers[name])
+            for group, lr in zip(optimizer.param_groups, learning_rates):
+                group["lr"] = lr
+        ckpt.restore_rng_state(state.rng)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{state.checkpoint.path} holds a damaged optimiser or RNG state ({type(err).__name__}); "
+                              "it cannot be resumed: start a new run, or sample from its model.safetensors") from err
+    if objective.ema is not None:
+        ckpt.load_weights_into(objective.ema.shadow, state.ema_weights, state.checkpoint.path)
+        objective.ema.updates = state.checkpoint.step  # one update per step
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Half-written files a killed process left (atomic writes never rename them into place)."""
+    for folder in (run_dir, run_dir / "samples"):
+        for path in folder.glob(f".*{TEMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
 
 
 def train(flags: dict[str, Any], out: str | None = None, resume: str | None = None, force: bool = False,

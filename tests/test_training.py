@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder, write_idx
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import training
 from genai_cli.config import parse_duration
-from genai_cli.errors import ExitCode, TrainingDiverged, UsageError
+from genai_cli.errors import CheckpointError, ExitCode, TrainingDiverged, UsageError
 from genai_cli.objectives import ELBOObjective
 
 TINY = {"model.width": 8, "model.image_size": 16, "train.batch_size": 16, "train.log_every": 5}
@@ -44,6 +45,11 @@ def bars_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def flags(root: Path, kind: str, **extra: object) -> dict:
     return {"model.kind": kind, "data.name": "fashion-mnist", "data.data_dir": str(root), **TINY, **extra}
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
 
 
 def metrics(run_dir: str | Path) -> list[dict]:
@@ -130,6 +136,27 @@ def test_existing_run_directory_is_not_overwritten(bars_root: Path, tmp_path: Pa
     with pytest.raises(UsageError, match="--resume .*--force"):
         training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=run.run_dir)
     assert (Path(run.run_dir) / ckpt.MODEL_FILE).read_bytes() == before
+
+
+def test_resume_refuses_a_damaged_optimiser_or_rng_state(bars_root: Path, tmp_path: Path) -> None:
+    run = Path(training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=str(tmp_path / "r")).run_dir)
+    path = run / ckpt.STATE_FILE
+    tensors, meta = load_file(path), read_metadata(path)
+    state = json.loads(meta["genai.state"])
+    state["rng"] = {"__dict__": [["torch", 1], ["numpy", 1], ["python", 1]]}  # well-formed JSON, wrong content
+    meta["genai.state"] = json.dumps(state)
+    path.write_bytes(save(tensors, metadata=meta))
+    with pytest.raises(CheckpointError, match="damaged optimiser or RNG state.*start a new run"):
+        training.train({"train.steps": 4}, resume=str(run))
+
+
+def test_resume_removes_temporaries_a_killed_write_left(bars_root: Path, tmp_path: Path) -> None:
+    run = Path(training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=str(tmp_path / "r")).run_dir)
+    stale = [run / ".model.safetensors.x1y2.tmp", run / "samples" / ".step_000003.png.a1b2.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    training.train({"train.steps": 3}, resume=str(run))
+    assert not any(path.exists() for path in stale)
 
 
 def test_force_replaces_the_run_but_not_the_users_other_files(bars_root: Path, tmp_path: Path) -> None:

@@ -18,8 +18,13 @@ from genai_cli.errors import UsageError
 MAX_WIDTH_MULTIPLIER = 8
 
 
+MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what a config can ask to build
+
+
 def resolution_plan(image_size: int) -> tuple[int, int]:
     """(base side s0, number of stride-2 stages k) with image_size == s0 * 2**k."""
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise UsageError(f"--image-size {image_size} is out of range: conv models go up to {MAX_IMAGE_SIZE}")
     base, stages = image_size, 0
     while base > 7 and base % 2 == 0:
         base, stages = base // 2, stages + 1
