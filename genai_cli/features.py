@@ -32,6 +32,7 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from genai_cli import console
+from genai_cli.checkpoint import printable
 from genai_cli.errors import GenaiError, UsageError
 from genai_cli.fileio import atomic_write, file_sha256
 
@@ -122,6 +123,15 @@ def _resize_299(images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(_to_rgb(images).float(), size=(299, 299), mode="bilinear", align_corners=False)
 
 
+def load_failure(err: Exception) -> str:
+    """Why a weights file did not load, in a few words (torch's own text spans lines and suggests
+    weights_only=False, which would run code from the file: genai never does)."""
+    if type(err).__name__ == "UnpicklingError":  # raised by torch.load(weights_only=True)
+        return "it holds pickled objects beyond plain tensors, which genai does not load"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {printable(first[:160])}" if first else type(err).__name__
+
+
 def load_inception(path: str | None, device: torch.device) -> Extractor:
     weights = find_inception_weights(path)
     sha = file_sha256(weights)
@@ -144,7 +154,7 @@ def load_inception(path: str | None, device: torch.device) -> Extractor:
     except GenaiError:
         raise
     except Exception as err:
-        raise GenaiError(f"cannot load Inception weights {weights} ({type(err).__name__}: {err}); "
+        raise GenaiError(f"cannot load Inception weights {weights} ({load_failure(err)}); "
                          "use inception-2015-12-05.pt or pt_inception-2015-12-05-6726825d.pth") from err
     net = net.to(device).eval()
 

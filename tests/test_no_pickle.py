@@ -279,9 +279,6 @@ def test_inception_loader_refuses_a_pickle(marker: Path, tmp_path: Path, kind: s
         features.load_inception(str(weights), CPU)
     assert not marker.exists()
 
-
-@pytest.mark.xfail(strict=True, reason="features.load_inception puts torch's multi-line UnpicklingError (with ANSI "
-                                       "escapes and advice to retry with weights_only=False) into its message")
 def test_inception_refusal_is_one_line(marker: Path, tmp_path: Path):
     weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     weights.write_bytes(payloads(marker, tmp_path)["torch.save"])
