@@ -195,7 +195,7 @@ def reference_loop(model: AdversarialModel, dataset: Dataset, batch_size: int, w
 def genai_loop(plan: training.Plan, batch_size: int) -> Run:
     """genai's engine as `genai train` drives it: seeded batches on the device, one objective step each."""
     seed_everything(plan.config.train.seed)
-    model = plan.spec.build(plan.config.model).to(plan.device)
+    model = training.build_model(plan, plan.device)
     objective = make_objective(model, plan.config.train, plan.device)
     batches = itertools.chain.from_iterable(
         plan.source.epoch_batches(epoch, batch_size, plan.config.train.seed, plan.device) for epoch in itertools.count())
@@ -203,7 +203,7 @@ def genai_loop(plan: training.Plan, batch_size: int) -> Run:
     def run(n: int) -> int:
         losses, seen = {}, 0
         for images, labels in itertools.islice(batches, n):
-            losses = objective.step(images.float() / 127.5 - 1, labels)
+            losses = objective.step(training.prepare_batch(images), labels)
             seen += images.shape[0]
         torch.stack(list(losses.values())).tolist()  # wait for the device
         return seen

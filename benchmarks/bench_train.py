@@ -54,7 +54,7 @@ def time_family(kind: str, batch_size: int, steps: int, rounds: int, root: str |
     """Median images/s of `rounds` timed runs of `steps` training steps after warm-up."""
     plan = training.plan_run({"model.kind": kind, "data.data_dir": root, "train.batch_size": batch_size}, None)
     seed_everything(0)
-    model = plan.spec.build(plan.config.model).to(plan.device)
+    model = training.build_model(plan, plan.device)
     objective = make_objective(model, plan.config.train, plan.device)
     batches = plan.source.epoch_batches(0, batch_size, 0, plan.device)
 
@@ -63,7 +63,7 @@ def time_family(kind: str, batch_size: int, steps: int, rounds: int, root: str |
         losses = {}
         for _ in range(n):
             images, labels = next(batches)
-            losses = objective.step(images.float() / 127.5 - 1, labels)
+            losses = objective.step(training.prepare_batch(images), labels)
         torch.stack(list(losses.values())).tolist()  # wait for the device
         return n * batch_size / (time.perf_counter() - start)
 

@@ -106,7 +106,7 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, Any], int]:
         with path.open("rb") as handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
-                raise CheckpointError(f"{path} is not a checkpoint ({size} bytes, too short to be safetensors)")
+                raise CheckpointError(f"{path} is not a checkpoint ({size} bytes, too short to be safetensors); use an intact checkpoint")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > min(size - 8, MAX_HEADER_BYTES):
                 raise CheckpointError(
@@ -161,7 +161,7 @@ def require_genai(path: Path, metadata: dict[str, str], role: str | None = ROLE_
             "use a model.safetensors written by `genai train`"
         )
     if role is not None and metadata.get("genai.role", ROLE_MODEL) != role:
-        raise CheckpointError(f"{path} is a genai {printable(metadata.get('genai.role'))} file, not a {role} file")
+        raise CheckpointError(f"{path} is a genai {printable(metadata.get('genai.role'))} file, not a {role} file; pass the run directory or its model.safetensors")
     return metadata
 
 
@@ -169,7 +169,7 @@ def config_from_metadata(path: Path, metadata: dict[str, str]) -> Config:
     try:
         return Config.from_json(metadata["genai.config"])
     except (ValueError, TypeError, RecursionError) as err:
-        raise CheckpointError(f"{path} has an unreadable genai config ({printable(err)}); the file was edited or damaged") from err
+        raise CheckpointError(f"{path} has an unreadable genai config ({printable(err)}); the file was edited or damaged: use an intact checkpoint") from err
 
 
 def load_file(path: Path, role: str = ROLE_MODEL) -> Checkpoint:
@@ -178,7 +178,7 @@ def load_file(path: Path, role: str = ROLE_MODEL) -> Checkpoint:
     try:
         int(metadata.get("genai.step", 0)), int(metadata.get("genai.epoch", 0))
     except ValueError as err:
-        raise CheckpointError(f"{path} has an unreadable step or epoch ({err}); the file was edited or damaged") from err
+        raise CheckpointError(f"{path} has an unreadable step or epoch ({err}); the file was edited or damaged: use an intact checkpoint") from err
     try:
         tensors = load_tensors(path.read_bytes())
     except Exception as err:  # safetensors raises its own error types for malformed data
@@ -202,7 +202,7 @@ def check_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], pat
         detail = (
             f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else f"wrong shape or dtype for {wrong[:3]}"
         )
-        raise CheckpointError(f"{path} does not match its own config ({printable(detail)}); the file is damaged or was edited")
+        raise CheckpointError(f"{path} does not match its own config ({printable(detail)}); the file is damaged or was edited: use an intact checkpoint")
 
 
 def resolve_model_path(checkpoint: str | None) -> Path:
@@ -302,7 +302,7 @@ def load_training_state(run_dir: Path) -> TrainingState:
         optimizers = unflatten_state(extra["optimizers"], ckpt.tensors)
         rng = unflatten_state(extra["rng"], ckpt.tensors)
     except (KeyError, TypeError, ValueError, RecursionError) as err:
-        raise CheckpointError(f"{path} has unreadable training state ({printable(err)}); the file was edited or damaged") from err
+        raise CheckpointError(f"{path} has unreadable training state ({printable(err)}); the file was edited or damaged: use an intact checkpoint") from err
     weights = {k.removeprefix("model."): v for k, v in ckpt.tensors.items() if k.startswith("model.")}
     ema = {k.removeprefix("ema."): v for k, v in ckpt.tensors.items() if k.startswith("ema.")}
     return TrainingState(ckpt, weights, ema, optimizers, rng)

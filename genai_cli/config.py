@@ -17,6 +17,7 @@ from typing import Any
 from genai_cli.errors import UsageError
 
 SCHEMA_VERSION = 1
+MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from genai_cli import console
+from genai_cli.config import MAX_IMAGE_SIZE
 from genai_cli.errors import DataError, UsageError
 from genai_cli.registry import Registry, normalise_name
 
@@ -224,8 +225,11 @@ def load_dataset(
         raise UsageError(f"unknown split {split!r}; choose 'train' or 'test'")
     if channels not in (None, 1, 3):
         raise UsageError(f"channels must be 1 or 3, got {channels}")
-    if image_size is not None and image_size < 1:
-        raise UsageError(f"image size must be positive, got {image_size}")
+    if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:  # before decoding: 100000 px needs terabytes
+        raise UsageError(
+            f"image size must be between 1 and {MAX_IMAGE_SIZE} pixels, got {image_size}; "
+            "choose an --image-size in that range (e.g. 28, 32, 64)"
+        )
     if name in DATASETS:
         source = _load_registered(name, split, data_dir, channels, image_size, download)
     elif Path(name).expanduser().is_dir():
@@ -472,9 +476,12 @@ def _load_folder(folder: Path, channels: int | None, image_size: int | None) -> 
         images, ok = _decode_all(files, channels, size)
         skipped += [f for f, good in zip(files, ok.tolist()) if not good]
         images, labels = images[ok], None if labels is None else labels[ok]
-    _warn_skipped(skipped)
     if (len(files) if images is None else len(images)) == 0:
-        raise DataError(f"none of the {len(skipped)} image files in {folder} can be read")
+        raise DataError(
+            f"none of the {len(skipped)} image files in {folder} can be read ({_names(skipped)}); "
+            "replace them with readable images or point --data at another folder"
+        )
+    _warn_skipped(skipped)
     common = (str(folder), classes, channels, size, str(folder.resolve()), labels)
     if images is None:
         console.info(f"{folder} is larger than MEMORY_BUDGET_BYTES; streaming it from disk")
@@ -491,7 +498,7 @@ def _scan_folder(folder: Path) -> tuple[list[Path], torch.Tensor | None, list[st
         if not loose:
             raise DataError(
                 f"no images in {folder} or its sub-folders (looked for "
-                f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}); add images there or point --data at another folder"
             )
         return loose, None, []
     if loose:
@@ -572,5 +579,9 @@ def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
 def _warn_skipped(skipped: list[Path]) -> None:
     """One warning for all unreadable files, not one per file."""
     if skipped:
-        names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        console.warn(f"skipped {len(skipped)} unreadable image file(s): {names}")
+        console.warn(f"skipped {len(skipped)} unreadable image file(s): {_names(skipped)}")
+
+
+def _names(files: list[Path]) -> str:
+    """The first few file names, for one-line messages."""
+    return ", ".join(p.name for p in files[:5]) + (", ..." if len(files) > 5 else "")

@@ -338,6 +338,16 @@ def staging(out: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def write_staged(staged: Path, final: Path, data: bytes) -> None:
+    """`atomic_write` into the staging folder; a failure names the file the user asked for, not the hidden folder."""
+    try:
+        atomic_write(staged, data)
+    except GenaiError as err:
+        if isinstance(err.__cause__, OSError):
+            raise write_error(final, err.__cause__) from err.__cause__
+        raise
+
+
 def run_export(req: ExportRequest) -> dict[str, Any]:
     """Export, check and publish; returns the JSON summary, or raises ExportCheckFailed carrying it."""
     fmt = resolve_format(req)
@@ -356,7 +366,7 @@ def run_export(req: ExportRequest) -> dict[str, Any]:
     with staging(out) as stage:
         staged = stage / out.name  # the artefact (file or folder) as it will be at --out
         for final, data in files.items():
-            atomic_write(staged / final.relative_to(out), data)
+            write_staged(staged / final.relative_to(out), final, data)
         result: dict[str, Any] = {
             "format": fmt, "out": str(out), "checkpoint": str(loaded.path), "kind": model.config.kind,
             "dtype": req.dtype, "output_range": "[0, 1]" if req.unit_range else "[-1, 1]",
@@ -399,7 +409,7 @@ DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "f
 
 def describe(target: str | None) -> dict[str, Any]:
     """What a genai safetensors file is, from its header alone (tensors are never loaded)."""
-    path = ckpt.resolve_model_path(target or str(ckpt.RUNS_DIR / "latest"))
+    path = ckpt.resolve_model_path(target)  # None: runs/latest, with its own message when the link is dangling
     if path.suffix.lower() in SUFFIXES:
         raise CheckpointError(f"{path} is an exported {SUFFIXES[path.suffix.lower()]} file, not a genai checkpoint; "
                               "its genai metadata is inside it (ONNX metadata_props, pt2 extra file genai.json)")
@@ -417,7 +427,7 @@ def describe(target: str | None) -> dict[str, Any]:
                 parameters[part] = parameters.get(part, 0) + math.prod(int(d) for d in entry["shape"])
         dtypes = sorted({DTYPE_NAMES.get(entry["dtype"], str(entry["dtype"]).lower()) for entry in weights.values()})
         step, epoch = int(metadata.get("genai.step", 0)), int(metadata.get("genai.epoch", 0))
-    except (TypeError, KeyError, ValueError) as err:
+    except (TypeError, KeyError, ValueError, OverflowError) as err:
         raise CheckpointError(f"{path} has a corrupt tensor index or metadata; it is damaged or not a checkpoint") from err
     m = config.model
     return {
@@ -444,7 +454,7 @@ def describe(target: str | None) -> dict[str, Any]:
 
 
 def info_text(info: dict[str, Any]) -> str:
-    """`genai info` for people: a few aligned lines."""
+    """`genai info` for people: a few aligned lines (strings from the file shown with control characters escaped)."""
     m = info["config"]["model"]
     what = {ckpt.ROLE_MODEL: "model file", ckpt.ROLE_STATE: "training state, for --resume"}.get(info["role"], info["role"])
     if info["contents"] == ckpt.GENERATING_HALF:
@@ -462,7 +472,7 @@ def info_text(info: dict[str, Any]) -> str:
     ]
     linked = Path(info["path"]).absolute() != Path(info["real_path"])  # e.g. through runs/latest
     title = f"{info['path']} -> {info['real_path']}" if linked else info["path"]
-    return "\n".join([title, *(f"  {key:<11} {value}" for key, value in rows)])
+    return "\n".join(ckpt.printable(line) for line in [title, *(f"  {key:<11} {value}" for key, value in rows)])
 
 
 def _millions(n: int) -> str:

@@ -13,12 +13,10 @@ import math
 import torch
 from torch import nn
 
+from genai_cli.config import MAX_IMAGE_SIZE
 from genai_cli.errors import UsageError
 
 MAX_WIDTH_MULTIPLIER = 8
-
-
-MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what a config can ask to build
 
 
 def resolution_plan(image_size: int) -> tuple[int, int]:
