@@ -20,7 +20,7 @@ import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -150,12 +150,22 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 @dataclass
 class InMemorySource(ImageSource):
     images: torch.Tensor  # uint8 N×C×H×W
+    _resident: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _images_at(self, indices: list[torch.Tensor]) -> Iterable[torch.Tensor]:
-        return (self.images.index_select(0, index) for index in indices)
+    def _batches(self, indices: list[torch.Tensor], device: torch.device) -> Iterator[Batch]:
+        """The dataset moves to the device once (uint8, tens of MB for MNIST-sized data) and each
+        epoch's order with it, so a step costs no host-to-device copy and no host sync."""
+        if not indices:
+            return
+        key = str(device)
+        if key not in self._resident:
+            self._resident[key] = (self.images.to(device), None if self.labels is None else self.labels.to(device))
+        images, labels = self._resident[key]
+        for index in torch.cat(indices).to(device).split([len(i) for i in indices]):
+            yield images.index_select(0, index), None if labels is None else labels.index_select(0, index)
 
     def all_images(self) -> torch.Tensor:
         return self.images
