@@ -7,7 +7,7 @@ GENAI := $(BIN)/genai
 SHARED_DATA := $(wildcard $(CURDIR)/../shared/data)
 export GENAI_DATA_DIR ?= $(SHARED_DATA)
 
-.PHONY: setup data demo test bench lint clean
+.PHONY: setup data demo test bench bench-quality lint clean
 
 setup: $(VENV)/.installed
 
@@ -35,10 +35,17 @@ demo: data
 test: setup
 	$(BIN)/python -m pytest
 
+# Minutes of CPU: training and export throughput, genai vs the pytorch/examples loop, SIGKILL safety.
 bench: setup
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_throughput.py
+	$(BIN)/python benchmarks/bench_crash.py --kills 25 --json
+
+# Hours of CPU (minutes on a GPU): sample quality per family, and DCGAN time to a fixed FID.
+bench-quality: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/bench_quality.sh
+	$(BIN)/python benchmarks/bench_time_to_quality.py
 
 lint: setup
 	$(BIN)/ruff check genai_cli tests benchmarks

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Sample quality of each family on Fashion-MNIST, and what longer training buys.
 #
-# For each model it trains the core issue's defaults (5 epochs, batch 128), keeps that
-# checkpoint, resumes the same run to $EPOCHS epochs (the first 5 epochs are the same steps),
-# and scores both with `genai eval` (classifier features; Inception features under the full
-# 10k-vs-10k protocol, 20 CPU minutes per set, for the longest run of the models in INCEPTION). Each result is one JSON line in
+# For each model it trains the core issue's defaults (5 epochs, batch 128) and keeps that
+# checkpoint; for the models in LONG it resumes the same run to $EPOCHS epochs (the first 5
+# epochs are the same steps). Every checkpoint is scored with `genai eval` (classifier
+# features), the longest run of the models in INCEPTION also with Inception features under the
+# full 10k-vs-10k protocol (20 CPU minutes per set of 10k images), and the real-data floor
+# with the classifier (and Inception when FLOOR_INCEPTION=1). Each result is one JSON line in
 # $OUT/results.jsonl with the step and the wall-clock seconds it took. Hours of CPU: run it
 # in the background (`nohup benchmarks/bench_quality.sh &`); a GPU does it in minutes.
 #
-#   MODELS="dcgan vae cgan gan" INCEPTION="dcgan vae" EPOCHS=20 OUT=runs/quality \
+#   MODELS="dcgan cgan vae gan" LONG="dcgan cgan" INCEPTION="dcgan" EPOCHS=20 OUT=runs/quality \
 #   GENAI_INCEPTION_WEIGHTS=../shared/weights/inception-2015-12-05.pt benchmarks/bench_quality.sh
 set -euo pipefail
-MODELS=${MODELS:-"dcgan vae cgan gan"}
-INCEPTION=${INCEPTION:-"dcgan vae"}
+MODELS=${MODELS:-"dcgan cgan vae gan"}
+LONG=${LONG:-"dcgan cgan"}
+INCEPTION=${INCEPTION:-"dcgan"}
+FLOOR_INCEPTION=${FLOOR_INCEPTION:-0}
 EPOCHS=${EPOCHS:-20}
 OUT=${OUT:-runs/quality}
 GENAI=${GENAI:-genai}
@@ -27,8 +31,8 @@ record() {  # record NAME COMMAND...: run it, append {"name", "seconds", "result
   echo "$name: $((SECONDS - start)) s" >&2
 }
 
-evaluate() {  # evaluate MODEL RUN LABEL
-  if [[ " $INCEPTION " == *" $1 "* && $3 == "${EPOCHS}ep" ]]; then
+evaluate() {  # evaluate MODEL RUN LABEL LONGEST-LABEL
+  if [[ " $INCEPTION " == *" $1 "* && $3 == "$4" ]]; then
     record "eval-inception/$1/$3" "$GENAI" eval --checkpoint "$2" --features inception
   fi
   record "eval-classifier/$1/$3" "$GENAI" eval --checkpoint "$2"
@@ -39,13 +43,15 @@ for model in $MODELS; do
   rm -rf "$run"
   record "train/$model/5ep" "$GENAI" train --model "$model" --data fashion-mnist --out "$run"
   rm -rf "$run-5ep" && cp -r "$run" "$run-5ep"
-  if [[ $EPOCHS -gt 5 ]]; then
-    record "train/$model/${EPOCHS}ep" "$GENAI" train --resume "$run" --epochs "$EPOCHS"
-    evaluate "$model" "$run" "${EPOCHS}ep"
+  longest=5ep
+  if [[ " $LONG " == *" $model "* && $EPOCHS -gt 5 ]]; then
+    longest=${EPOCHS}ep
+    record "train/$model/$longest" "$GENAI" train --resume "$run" --epochs "$EPOCHS"
+    evaluate "$model" "$run" "$longest" "$longest"
   fi
-  evaluate "$model" "$run-5ep" 5ep
+  evaluate "$model" "$run-5ep" 5ep "$longest"
 done
 record "floor-classifier" "$GENAI" eval --real --data fashion-mnist
-if [[ -n "$INCEPTION" ]]; then
+if [[ $FLOOR_INCEPTION == 1 ]]; then
   record "floor-inception" "$GENAI" eval --real --data fashion-mnist --features inception
 fi

@@ -1,0 +1,162 @@
+"""Time to quality: DCGAN on Fashion-MNIST, genai's default recipe vs pytorch/examples' recipe.
+
+Both recipes train genai's DCGAN (the example's architecture at 28x28) with `genai train`, in
+chunks: after every --chunk images the run is resumed (bit-exact) and its checkpoint scored
+with classifier-feature FID (`genai eval`, --n samples vs the test split). So each recipe gets
+a curve of FID against images seen, which does not depend on how busy the machine is.
+Images become seconds through each recipe's training throughput, measured here in alternating
+rounds on the same process (or given with --examples-ips / --genai-ips from a quiet run):
+
+  examples  the pytorch/examples dcgan loop (bench_throughput.reference_loop: torchvision
+            dataset + ToTensor/Normalize + DataLoader, per-step .item()) at its hyper-parameters:
+            batch 64, Adam 2e-4 for G and D, betas (0.5, 0.999), BCE, no moving average.
+            Its curve is trained by genai's engine with exactly those settings (the same update,
+            as bench_throughput checks), and its time is images / the reference loop's images/s.
+  genai     `genai train` defaults (batch 128, Adam 2e-4, betas (0.5, 0.999), non-saturating
+            BCE, EMA 0.999 of G) at genai's engine throughput.
+
+Reported: both curves, both throughputs, and for each FID target the time each recipe needed
+(linear interpolation between evaluations) and the speed-up. One JSON object on stdout.
+
+    python benchmarks/bench_time_to_quality.py [--max-images 300000] [--chunk 25600] [--n 2000]
+        [--targets 150,100,80] [--examples-ips X --genai-ips Y] [--curves REPORT.json] [--out runs/ttq]
+
+Training the curves is contention-proof and can run beside other work; measure the
+throughputs on a quiet machine (a second call with --curves reuses the first call's curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_throughput import fashion_mnist_root, normalise, reference_loop
+from torchvision import datasets
+
+from genai_cli import console, evaluation, training
+from genai_cli.objectives import make_objective
+from genai_cli.runtime import seed_everything
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "examples": {"train.batch_size": 64, "train.lr": 2e-4, "train.lr_d": 2e-4, "train.beta1": 0.5,
+                 "train.gan_loss": "bce", "train.ema": 0.0},
+    "genai": {},  # the defaults of `genai train --model dcgan`
+}
+
+
+def curve(name: str, root: str, args: argparse.Namespace) -> list[dict[str, float]]:
+    """FID after every chunk of images, training one run by resuming it chunk by chunk."""
+    run = Path(args.out) / name
+    shutil.rmtree(run, ignore_errors=True)
+    flags = {"model.kind": "dcgan", "data.name": "fashion-mnist", "data.data_dir": root,
+             "train.log_every": 100, "train.sample_every": 10**9, "train.save_every": 10**9, **RECIPES[name]}
+    batch = training.resolve(flags).train.batch_size
+    points = []
+    for images in range(args.chunk, args.max_images + 1, args.chunk):
+        steps = images // batch
+        if points:
+            training.train({"train.steps": steps}, resume=str(run))
+        else:
+            training.train({**flags, "train.steps": steps}, out=str(run))
+        scored = evaluation.run_eval(evaluation.EvalRequest(checkpoint=str(run), n=args.n, metrics=["fid"]))
+        points.append({"images": steps * batch, "steps": steps, "fid": round(scored["metrics"]["fid"], 2)})
+        print(f"{name}: {points[-1]}", file=sys.stderr, flush=True)
+        if points[-1]["fid"] <= min(args.targets):
+            break
+    return points
+
+
+def throughputs(root: str, rounds: int, steps: int) -> dict[str, float]:
+    """images/s of the example's loop at its batch and of genai's engine with its defaults, alternating."""
+    plan = training.plan_run({"model.kind": "dcgan", "data.data_dir": root}, None)
+    seed_everything(0)
+    model = training.build_model(plan, plan.device)
+    objective = make_objective(model, plan.config.train, plan.device)
+    batches = itertools.chain.from_iterable(
+        plan.source.epoch_batches(e, plan.config.train.batch_size, 0, plan.device) for e in itertools.count())
+
+    def genai(n: int) -> int:
+        losses: dict[str, torch.Tensor] = {}
+        for images, labels in itertools.islice(batches, n):
+            losses = objective.step(training.prepare_batch(images), labels)
+        torch.stack(list(losses.values())).tolist()
+        return n * plan.config.train.batch_size
+
+    reference_model = plan.spec.build(plan.config.model).to(plan.device)
+    dataset = datasets.FashionMNIST(root, train=True, download=False, transform=normalise(1))
+    examples = reference_loop(reference_model, dataset, 64, 2, plan.config.train, plan.device)
+    loops = {"examples": (examples, 2 * steps), "genai": (genai, steps)}  # the same images per round
+    for run, n in loops.values():
+        run(max(1, n // 4))
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, (run, n) in loops.items():
+            start = time.perf_counter()
+            seen = run(n)
+            rates[name].append(seen / (time.perf_counter() - start))
+    return {name: round(statistics.median(r), 1) for name, r in rates.items()}
+
+
+def seconds_to(points: list[dict[str, float]], target: float, ips: float) -> float | None:
+    """Training seconds until FID first reaches `target` (interpolated between evaluations)."""
+    previous = {"images": 0, "fid": float("inf")}
+    for point in points:
+        if point["fid"] <= target:
+            if previous["fid"] == float("inf"):
+                return point["images"] / ips
+            share = (previous["fid"] - target) / (previous["fid"] - point["fid"])
+            return (previous["images"] + share * (point["images"] - previous["images"])) / ips
+        previous = point
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-images", type=int, default=300_000, help="per recipe (5 epochs of Fashion-MNIST)")
+    parser.add_argument("--chunk", type=int, default=25_600, help="images between evaluations")
+    parser.add_argument("--n", type=int, default=2000, help="generated (and test) images per FID")
+    parser.add_argument("--targets", default="150,100,80", help="classifier-FID thresholds")
+    parser.add_argument("--examples-ips", type=float, help="the reference loop's images/s, if measured elsewhere")
+    parser.add_argument("--genai-ips", type=float, help="genai's default-recipe images/s, if measured elsewhere")
+    parser.add_argument("--curves", help="reuse the curves of an earlier report (JSON) instead of training")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default="runs/time-to-quality")
+    args = parser.parse_args(argv)
+    args.targets = sorted((float(t) for t in args.targets.split(",")), reverse=True)
+    root = fashion_mnist_root()
+    if root is None:
+        raise SystemExit("Fashion-MNIST not found: set GENAI_DATA_DIR (time to quality needs the real data)")
+    console.configure(quiet=True)
+    if args.curves:
+        curves = json.loads(Path(args.curves).read_text())["curves"]
+    else:
+        curves = {name: curve(name, root, args) for name in RECIPES}
+    ips = {"examples": args.examples_ips, "genai": args.genai_ips}
+    if None in ips.values():
+        ips = throughputs(root, args.rounds, steps=20)
+    table = []
+    for target in args.targets:
+        times = {name: seconds_to(points, target, ips[name]) for name, points in curves.items()}
+        speedup = times["examples"] / times["genai"] if None not in times.values() else None
+        table.append({"fid": target, "seconds": {k: v and round(v, 1) for k, v in times.items()},
+                      "speedup": speedup and round(speedup, 2)})
+    report = {"recipes": RECIPES, "images_per_sec": ips, "n": args.n, "features": "classifier", "curves": curves,
+              "time_to_fid": table, "threads": torch.get_num_threads()}
+    print(f"images/s: examples loop {ips['examples']}, genai {ips['genai']}", file=sys.stderr)
+    for row in table:
+        s = row["seconds"]
+        print(f"FID <= {row['fid']:g}: examples {s['examples']} s, genai {s['genai']} s, speed-up {row['speedup']}",
+              file=sys.stderr)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
