@@ -38,7 +38,6 @@ reached its step; 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import random
@@ -56,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from genai_cli.data import write_idx
+
 REPO = Path(__file__).resolve().parents[1]
 LARGE_STEPS = 1_000_000
 START_TIMEOUT_S = 180.0  # a process start is a few seconds; generous for a loaded machine
@@ -65,15 +66,6 @@ TRAIN_FLAGS = ["--data", "fashion-mnist", "--width", "8", "--batch-size", "16", 
 
 
 # ---------------------------------------------------------------- a tiny dataset
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An IDX file of unsigned bytes (gzip-compressed when the name ends in .gz)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    data = header + array.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
 def make_dataset(root: Path, n_train: int = 64, size: int = 28, seed: int = 0) -> Path:

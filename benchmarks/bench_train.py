@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from genai_cli import training
+from genai_cli.data import write_idx
 from genai_cli.errors import DataError
 from genai_cli.objectives import make_objective
 from genai_cli.runtime import seed_everything
@@ -44,8 +45,7 @@ def data_dir() -> str | None:
         images = np.random.default_rng(0).integers(0, 256, (10_000, 28, 28), dtype=np.uint8)
         labels = np.arange(10_000, dtype=np.uint8) % 10
         for name, array in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)):
-            header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-            (root / name).write_bytes(header + array.tobytes())
+            write_idx(root / name, array)
         print("Fashion-MNIST not found: timing on random images of the same shape", file=sys.stderr)
         return str(root.parents[1])
 

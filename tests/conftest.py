@@ -6,13 +6,14 @@ build a dataset with its own parameters.
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from genai_cli.data import write_idx
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -24,16 +25,6 @@ def _isolated_data(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
     monkeypatch.delenv("GENAI_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # runs/ and runs/latest never land in the repo
-
-
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    """An IDX file of unsigned bytes; gzip-compressed when the name ends in .gz."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    data = header + array.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
-    return path
 
 
 def make_idx_dataset(

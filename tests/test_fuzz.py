@@ -167,13 +167,15 @@ def random_json_header(draw: st.DrawFn) -> bytes:
 
 
 def _edit_config(draw: st.DrawFn, metadata: dict[str, Any]) -> None:
-    raw = metadata.get("genai.config")
-    if not isinstance(raw, str) or draw(st.integers(0, 9)) == 0:
+    try:  # an earlier edit of this case may have replaced the config already
+        config = json.loads(metadata.get("genai.config", ""))
+    except (TypeError, ValueError):
+        config = None
+    if not isinstance(config, dict) or draw(st.integers(0, 9)) == 0:
         metadata["genai.config"] = draw(st.one_of(st.text(max_size=40), JSON.map(json.dumps)))
         return
-    config = json.loads(raw)
     section = draw(st.sampled_from(["model", "data", "train", "schema", "extra"]))
-    if section in ("schema", "extra"):
+    if section in ("schema", "extra") or not isinstance(config.get(section), dict):
         config[section] = draw(JSON)
     elif draw(st.integers(0, 7)) == 0:
         config[section] = draw(JSON)
