@@ -28,10 +28,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import torch
-import typer
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from genai_cli import checkpoint as ck
 from genai_cli import export
@@ -319,13 +318,12 @@ def check_readers(data: bytes, folder: Path) -> None:
 
 
 RUNNER = CliRunner()
-GENAI = typer.main.get_command(app)  # built once: typer's own CliRunner rebuilds it on every invoke
 
 
 def check_cli(path: Path) -> None:
     for args in (["info", str(path)], ["info", "--json", str(path)]):
         with bounded():
-            result = RUNNER.invoke(GENAI, args, prog_name="genai")
+            result = RUNNER.invoke(app, args, prog_name="genai")
         where = (args, result.exit_code, result.stderr, result.exception)
         assert result.exit_code in (0, 1), where
         assert result.exception is None or isinstance(result.exception, SystemExit), where
