@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         curves = json.loads(Path(args.curves).read_text())["curves"]
     else:
         curves = {name: curve(name, root, args) for name in RECIPES}
-    ips = throughputs(root, args.rounds, images=2560)
+    ips = throughputs(root, args.rounds, images=6400)
     runs = {"examples": ("examples", "examples"), "examples_on_genai": ("examples", "examples_on_genai"),
             "genai": ("genai", "genai")}  # timing -> (curve, throughput)
     table = []
