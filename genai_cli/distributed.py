@@ -62,6 +62,12 @@ def start(world: World, device: torch.device) -> torch.device:
     return device
 
 
+def finish(world: World) -> None:
+    """Wait until every rank is done: tearing gloo down while a peer still writes can abort it."""
+    if world.distributed and dist.is_initialized():
+        dist.barrier()
+
+
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -439,7 +439,9 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
     try:
         session = start_session(plan_run(flags, resume, world), out, resume, force)
         session.deadline = deadline
-        return train_session(session, resumed=bool(resume))
+        result = train_session(session, resumed=bool(resume))
+        distributed.finish(world)
+        return result
     finally:
         distributed.stop()
 
