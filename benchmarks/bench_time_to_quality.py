@@ -29,7 +29,6 @@ throughputs on a quiet machine (a second call with --curves reuses the first cal
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import shutil
 import statistics
@@ -39,11 +38,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from bench_throughput import fashion_mnist_root, normalise, reference_loop
+from bench_throughput import fashion_mnist_root, genai_loop, normalise, reference_loop
 from torchvision import datasets
 
 from genai_cli import console, evaluation, training
-from genai_cli.objectives import make_objective
 from genai_cli.runtime import seed_everything
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -78,20 +76,7 @@ def curve(name: str, root: str, args: argparse.Namespace) -> list[dict[str, floa
 def engine_loop(root: str, recipe: dict[str, Any]) -> tuple[Callable[[int], int], int]:
     """genai's engine as `genai train` runs it with a recipe's flags: (run n steps -> images, batch)."""
     plan = training.plan_run({"model.kind": "dcgan", "data.data_dir": root, **recipe}, None)
-    seed_everything(0)
-    model = training.build_model(plan, plan.device)
-    objective = make_objective(model, plan.config.train, plan.device)
-    batch = plan.config.train.batch_size
-    batches = itertools.chain.from_iterable(plan.source.epoch_batches(e, batch, 0, plan.device) for e in itertools.count())
-
-    def run(n: int) -> int:
-        losses: dict[str, torch.Tensor] = {}
-        for images, labels in itertools.islice(batches, n):
-            losses = objective.step(training.prepare_batch(images), labels)
-        torch.stack(list(losses.values())).tolist()
-        return n * batch
-
-    return run, batch
+    return genai_loop(plan, plan.config.train.batch_size), plan.config.train.batch_size
 
 
 def throughputs(root: str, rounds: int, images: int) -> dict[str, float]:
