@@ -137,6 +137,7 @@ def check_checkpoints(run: Path) -> Loaded:
     import torch
 
     from genai_cli import checkpoint as ckpt
+    from genai_cli import rundir
 
     out = Loaded()
     try:
@@ -149,7 +150,7 @@ def check_checkpoints(run: Path) -> Loaded:
     except Exception as err:
         out.errors.append(f"{ckpt.MODEL_FILE}: {type(err).__name__}: {err}")
     try:
-        resolved = ckpt.resolve_model_path(str(run))
+        resolved = rundir.resolve_model_path(str(run))
         if resolved.resolve() != (run / ckpt.MODEL_FILE).resolve():
             out.mistaken.append(str(resolved))
     except Exception as err:

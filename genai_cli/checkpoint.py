@@ -37,7 +37,6 @@ from genai_cli.fileio import atomic_write
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 CONFIG_FILE = "config.json"
-RUNS_DIR = Path("runs")  # new runs and the `latest` link, relative to the working directory
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # real headers are a few KB; refuse to allocate absurd ones
 ROLE_MODEL, ROLE_STATE = "model", "training-state"
 GENERATING_HALF = "generating-half"  # genai.contents of a slim export
@@ -205,21 +204,6 @@ def check_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], pat
         raise CheckpointError(f"{path} does not match its own config ({printable(detail)}); the file is damaged or was edited: use an intact checkpoint")
 
 
-def resolve_model_path(checkpoint: str | None) -> Path:
-    """A run directory, a model file, or (None) the newest run via runs/latest."""
-    path = Path(checkpoint) if checkpoint else RUNS_DIR / "latest"
-    if checkpoint is None and not path.exists():
-        hint = "the runs/latest link points nowhere" if path.is_symlink() else "no runs/latest here"
-        raise CheckpointError(f"no checkpoint given and {hint}; train one with `genai train` or pass --checkpoint")
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory or a model.safetensors file")
-    if path.is_dir():
-        path = path / MODEL_FILE
-        if not path.exists():
-            raise CheckpointError(f"{path.parent} has no {MODEL_FILE}; is it a genai run directory?")
-    return path
-
-
 # ---------------------------------------------------------------- training state
 
 
@@ -314,6 +298,7 @@ def load_training_state(run_dir: Path) -> TrainingState:
 def load_model(checkpoint: str | None, device: torch.device, expect_kind: str | None = None):
     """Rebuild a model from a model file alone: (model on `device` in eval mode, checkpoint)."""
     from genai_cli.models import MODELS  # models import torch.nn; checkpoint stays light to import
+    from genai_cli.rundir import resolve_model_path  # run directories build on this module
 
     path = resolve_model_path(checkpoint)
     loaded = load_file(path)

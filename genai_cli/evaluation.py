@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import features as feats
-from genai_cli import metrics, sampling
+from genai_cli import metrics, rundir, sampling
 from genai_cli.console import json_safe
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.errors import UsageError
@@ -132,7 +132,7 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
         "gates": verdicts, "passed": all(v["passed"] for v in verdicts), "seconds": round(time.perf_counter() - started, 1),
     }
     if loaded is not None:
-        append_line(loaded.path.parent / "metrics.jsonl", json.dumps(json_safe({"step": loaded.step, "eval": result})))
+        append_line(loaded.path.parent / rundir.METRICS_FILE, json.dumps(json_safe({"step": loaded.step, "eval": result})))
     return result
 
 

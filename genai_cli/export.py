@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from genai_cli import __version__, console
+from genai_cli import __version__, console, rundir
 from genai_cli import checkpoint as ckpt
 from genai_cli.errors import CheckpointError, ExportCheckFailed, GenaiError, UsageError
 from genai_cli.fileio import atomic_write, file_sha256, move_into_place, write_error
@@ -409,7 +409,7 @@ DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "f
 
 def describe(target: str | None) -> dict[str, Any]:
     """What a genai safetensors file is, from its header alone (tensors are never loaded)."""
-    path = ckpt.resolve_model_path(target)  # None: runs/latest, with its own message when the link is dangling
+    path = rundir.resolve_model_path(target)  # None: runs/latest, with its own message when the link is dangling
     if path.suffix.lower() in SUFFIXES:
         raise CheckpointError(f"{path} is an exported {SUFFIXES[path.suffix.lower()]} file, not a genai checkpoint; "
                               "its genai metadata is inside it (ONNX metadata_props, pt2 extra file genai.json)")

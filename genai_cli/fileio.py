@@ -6,7 +6,14 @@ import errno
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+try:  # POSIX; elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from genai_cli.errors import GenaiError
 
@@ -107,3 +114,42 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class DirectoryBusy(GenaiError):
+    """Another process holds the lock of a folder (a run being trained)."""
+
+
+@contextmanager
+def locked_directory(folder: Path, busy_message: str) -> Iterator[None]:
+    """Hold an exclusive OS lock on `folder` itself (flock on the folder's descriptor) while the block runs.
+
+    The kernel drops the lock when the process dies, SIGKILL included, so a lock is never stale,
+    and no lock file is left in the user's folder. `busy_message` is the error when it is taken.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirectoryBusy(busy_message) from None
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def directory_locked(folder: Path) -> bool:
+    """Whether some process holds `folder`'s lock right now (the probe takes and drops it at once)."""
+    if fcntl is None or not folder.is_dir():
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

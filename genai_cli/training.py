@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
 import signal
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -23,20 +22,19 @@ from typing import Any
 
 import torch
 
-from genai_cli import __version__, console, distributed, sampling
+from genai_cli import __version__, console, distributed, rundir, sampling
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
 from genai_cli.config import Config, validate_train
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.distributed import SINGLE_PROCESS, World
 from genai_cli.errors import CheckpointError, ExitCode, Interrupted, TrainingDiverged, UsageError
-from genai_cli.fileio import TEMP_SUFFIX, append_line, atomic_write, write_error
+from genai_cli.fileio import append_line, atomic_write
 from genai_cli.models import MODELS, GenerativeModel, ModelSpec, VariationalModel
 from genai_cli.models.blocks import NORMS
 from genai_cli.objectives import Objective, make_objective
 from genai_cli.runtime import describe, pick_device, seed_everything
 
-METRICS_FILE = "metrics.jsonl"
 SAMPLE_GRID_SIZE = 64
 # Flags that may change when a run is resumed; anything else would change the maths.
 RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "train.sample_every",
@@ -114,79 +112,6 @@ def load_source(config: Config) -> ImageSource:
         config.data.name, data_dir=config.data.data_dir, split=config.data.split,
         channels=config.model.channels, image_size=config.model.image_size,
     )
-
-
-# ---------------------------------------------------------------- run directory
-
-
-def new_run_dir(root: Path, config: Config) -> Path:
-    """runs/<model>-<data>-NNN with the next free number."""
-    data = Path(config.data.name).name if Path(config.data.name).exists() else config.data.name
-    stem = f"{config.model.kind}-{data}"
-    taken = [int(p.name.rsplit("-", 1)[1]) for p in root.glob(f"{stem}-[0-9][0-9][0-9]*") if p.name.rsplit("-", 1)[1].isdigit()]
-    return root / f"{stem}-{max(taken, default=0) + 1:03d}"
-
-
-def point_latest(run_dir: Path) -> None:
-    """Atomically point runs/latest (where `genai sample` looks) at this run, wherever it lives."""
-    link = ckpt.RUNS_DIR / "latest"
-    inside = run_dir.resolve().parent == ckpt.RUNS_DIR.resolve()
-    target = run_dir.name if inside else str(run_dir.resolve())
-    tmp = ckpt.RUNS_DIR / f".latest.{os.getpid()}.tmp"
-    try:
-        ckpt.RUNS_DIR.mkdir(exist_ok=True)
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(target, target_is_directory=True)
-        tmp.replace(link)
-    except OSError as err:
-        console.warn(f"could not update {link}: {err.strerror or err}; pass --checkpoint {run_dir} to sample")
-
-
-def prepare_run_dir(out: str | None, config: Config, force: bool = False) -> Path:
-    """A fresh run directory; an existing run there is replaced only with --force."""
-    run_dir = Path(out) if out else new_run_dir(ckpt.RUNS_DIR, config)
-    if (run_dir / ckpt.MODEL_FILE).exists() or (run_dir / ckpt.STATE_FILE).exists():
-        if not force:
-            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
-                             "replace it with --force, or choose another --out")
-        remove_run(run_dir)
-    try:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise write_error(run_dir, err) from err
-    return run_dir
-
-
-def remove_run(run_dir: Path) -> None:
-    """Delete what a run writes (checkpoints first), leaving any other file of the user's alone."""
-    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE, METRICS_FILE, "loss.png", "reconstructions.png"):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "samples", ignore_errors=True)
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint: those steps are about to be redone."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a crash
-    atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 # ---------------------------------------------------------------- signals
@@ -330,7 +255,7 @@ class Plan:
 
 
 def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PROCESS) -> Plan:
-    state = ckpt.load_training_state(Path(resume)) if resume else None
+    state = ckpt.load_training_state(rundir.real_run_dir(resume)) if resume else None
     base = state.checkpoint.config if state else Config()
     config = apply_flags(base, flags, resuming=state is not None)
     validate_train(config.train)
@@ -365,22 +290,27 @@ def prepare_batch(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 127.5 - 1).contiguous(memory_format=torch.channels_last)
 
 
-def start_session(plan: Plan, out: str | None, resume: str | None, force: bool = False) -> Session:
-    """Every rank seeds alike (identical initial weights and noise streams; see distributed.global_slice)."""
+def start_session(plan: Plan, out: str | None, resume: str | None, force: bool, holds: ExitStack) -> Session:
+    """Every rank seeds alike (identical initial weights and noise streams; see distributed.global_slice).
+
+    Rank 0 claims the run directory (`rundir`: locked, and never over a user's files) for as long as
+    `holds` lasts; the other ranks learn its name from rank 0.
+    """
     config, state, world = plan.config, plan.state, plan.world
     device = distributed.start(world, plan.device)
     seed_everything(config.train.seed)
     model = build_model(plan, device)
     objective = make_objective(model, config.train, device, world)
     if state is None:
-        run_dir = prepare_run_dir(out, config, force) if world.is_main else Path()
+        run_dir = holds.enter_context(rundir.claim_new(out, config, force)) if world.is_main else Path()
         run_dir = Path(distributed.broadcast_text(str(run_dir), world))
         return Session(config, run_dir, device, plan.source, model, objective, world)
-    run_dir = Path(resume)
+    run_dir = rundir.real_run_dir(resume)
     restore(model, objective, state)
     if world.is_main:
-        remove_stale_temporaries(run_dir)
-        trim_metrics(run_dir / METRICS_FILE, state.checkpoint.step)
+        holds.enter_context(rundir.claim_existing(run_dir))
+        rundir.remove_stale_temporaries(run_dir)
+        rundir.trim_metrics(run_dir / rundir.METRICS_FILE, state.checkpoint.step)
     step = state.checkpoint.step
     return Session(config, run_dir, device, plan.source, model, objective, world, step, saved_step=step)
 
@@ -415,13 +345,6 @@ def match_layouts(optimizer: torch.optim.Optimizer) -> None:
                     moments[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Half-written files a killed process left (atomic writes never rename them into place)."""
-    for folder in (run_dir, run_dir / "samples"):
-        for path in folder.glob(f".*{TEMP_SUFFIX}"):
-            path.unlink(missing_ok=True)
-
-
 def train(flags: dict[str, Any], out: str | None = None, resume: str | None = None, force: bool = False,
           max_time: float | None = None) -> TrainResult:
     """Train from CLI-style flags ('section.field' -> value; None means not given).
@@ -437,9 +360,10 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
     if not world.is_main:
         console.configure(quiet=True)
     try:
-        session = start_session(plan_run(flags, resume, world), out, resume, force)
-        session.deadline = deadline
-        result = train_session(session, resumed=bool(resume))
+        with ExitStack() as holds:
+            session = start_session(plan_run(flags, resume, world), out, resume, force, holds)
+            session.deadline = deadline
+            result = train_session(session, resumed=bool(resume))
         distributed.finish(world)
         return result
     finally:
@@ -450,7 +374,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
     cfg, run_dir, main = session.config, session.run_dir, session.world.is_main
     if main:
         ckpt.save_config(run_dir, cfg)
-        point_latest(run_dir)
+        rundir.point_latest(run_dir)
     processes = f" × {session.world.size} processes" if session.world.distributed else ""
     console.info(f"genai {__version__}: training {cfg.model.kind} on {session.source.name} "
                  f"({len(session.source)} images, {session.source.location}) on {describe(session.device)}{processes}")
@@ -551,7 +475,7 @@ def log_window(session: Session, progress: console.StepProgress, sums: dict[str,
         "time": round(time.time(), 3),
     }
     if session.world.is_main:
-        append_line(session.run_dir / METRICS_FILE, json.dumps(row))
+        append_line(session.run_dir / rundir.METRICS_FILE, json.dumps(row))
     progress.report(session.step, {k: v for k, v in row.items() if k not in ("time", "step")})
     return losses
 
@@ -585,7 +509,7 @@ def write_reconstructions(session: Session, rows: int = 4, per_row: int = 8) -> 
 
 
 def write_loss_curve(run_dir: Path) -> None:
-    rows = read_metrics(run_dir / METRICS_FILE)
+    rows = rundir.read_metrics(run_dir / rundir.METRICS_FILE)
     keys = [k for k in ("loss_d", "loss_g", "loss", "recon", "kl") if rows and k in rows[-1]]
     if rows and keys:
         atomic_write(run_dir / "loss.png", imgs.loss_curve_png(rows, keys))

@@ -6,6 +6,8 @@ build a dataset with its own parameters.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +18,43 @@ from PIL import Image
 from genai_cli.data import write_idx
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CHECKOUT_RUNS = Path(__file__).resolve().parents[1] / "runs"
+
+
+def runs_snapshot(runs: Path) -> dict[str, str]:
+    """Every entry under a runs/ folder: link targets, and file sizes and modification times."""
+    if not runs.exists() and not runs.is_symlink():
+        return {}
+    snapshot = {}
+    for path in sorted([runs, *runs.rglob("*")]):
+        stat = path.lstat()
+        snapshot[str(path)] = os.readlink(path) if path.is_symlink() else f"{stat.st_size}:{stat.st_mtime_ns}"
+    return snapshot
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_runs_key] = runs_snapshot(CHECKOUT_RUNS)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite fails when it changed the checkout's runs/ (a user's `runs/latest` is their work)."""
+    before, after = session.config.stash[_runs_key], runs_snapshot(CHECKOUT_RUNS)
+    if before != after:
+        changed = sorted(set(before.items()) ^ set(after.items()))[:5]
+        sys.stderr.write(f"\nFAILED: the test suite changed the checkout's {CHECKOUT_RUNS}: {changed}\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_runs_key = pytest.StashKey[dict]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cwd(tmp_path_factory: pytest.TempPathFactory):
+    """Session- and module-scoped fixtures train too: they run in a temporary working directory,
+    so their runs/ and runs/latest never land in the checkout (the per-test chdir below starts later)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("session-cwd"))
+        yield
 
 
 @pytest.fixture(autouse=True)
