@@ -16,7 +16,7 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: train.lr_decay_start (version-1 configs trained at a constant rate)
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 
 
@@ -49,6 +49,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float | None = None  # family default
     lr_d: float | None = None  # discriminator lr (TTUR); defaults to lr
+    lr_decay_start: float | None = None  # fraction of the run after which lr falls linearly to 0; 1 = constant
     beta1: float | None = None  # Adam betas; family default
     beta2: float = 0.999
     gan_loss: str = "bce"  # "bce" (non-saturating) or "hinge"
@@ -78,8 +79,11 @@ class Config:
         if not isinstance(raw, dict):
             raise ValueError("config must be a JSON object")
         schema = raw.get("schema", SCHEMA_VERSION)
-        if schema != SCHEMA_VERSION:
+        if schema not in (1, SCHEMA_VERSION) or isinstance(schema, bool):
             raise ValueError(f"config schema {schema} is not supported (expected {SCHEMA_VERSION})")
+        if schema == 1:  # written before learning-rate schedules: those runs continue at a constant rate
+            train = raw.get("train")
+            raw = {**raw, "train": {"lr_decay_start": 1.0, **train} if isinstance(train, dict) else train}
         sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
         unknown = set(raw) - set(sections) - {"schema"}
         if unknown:
@@ -141,6 +145,9 @@ def validate_train(train: TrainConfig) -> None:
     for flag, value in (("--lr", train.lr), ("--lr-d", train.lr_d)):
         if value is not None and not 0 < value < 1:
             raise UsageError(f"{flag} must be between 0 and 1, got {value}")
+    if train.lr_decay_start is not None and not 0 <= train.lr_decay_start <= 1:
+        raise UsageError(f"--lr-decay-start must be in [0, 1] (a fraction of the run; 1 keeps the rate constant), "
+                         f"got {train.lr_decay_start}")
     if train.ema is not None and not 0 <= train.ema < 1:
         raise UsageError(f"--ema must be in [0, 1) (0 turns it off), got {train.ema}")
     if train.gan_loss not in ("bce", "hinge"):

@@ -106,6 +106,12 @@ class StepProgress:
         self.total, self.log_every, self._bar = total, log_every, bar
         self._task = bar.add_task("train", total=total, completed=start, stats="") if bar else None
 
+    def set_total(self, total: int) -> None:
+        """The run's length changed (a --max-time budget was planned)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
     def advance(self, step: int) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=step)

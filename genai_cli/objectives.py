@@ -27,6 +27,22 @@ def adam(params, lr: float, betas: tuple[float, float], device: torch.device) ->
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
 
 
+def lr_factor(step: int, total: int, decay_start: float) -> float:
+    """Constant, then linear to zero over the run's last (1 - decay_start): the averaging that
+    a falling rate gives ends the run on its best weights. A function of the step alone, so a
+    resumed run follows the same curve."""
+    start = decay_start * total
+    if step < start or total <= start:
+        return 1.0
+    return max(0.0, (total - step) / (total - start))
+
+
+def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], base: dict[str, float], factor: float) -> None:
+    for name, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            group["lr"] = base[name] * factor
+
+
 class EMA:
     """Exponential moving average of a module's weights (Yazici et al. 2019), buffers copied.
 
@@ -60,10 +76,8 @@ class AdversarialObjective:
         # G's loss goes through the bare D, whose gradients nobody needs.
         self.generator = wrap(model.generator, world, device)
         self.discriminator = wrap(model.discriminator, world, device)
-        self.optimizers = {
-            "generator": adam(model.generator.parameters(), train.lr, betas, device),
-            "discriminator": adam(model.discriminator.parameters(), train.lr_d or train.lr, betas, device),
-        }
+        self.base_lrs = {"generator": train.lr, "discriminator": train.lr_d or train.lr}
+        self.optimizers = {name: adam(getattr(model, name).parameters(), lr, betas, device) for name, lr in self.base_lrs.items()}
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
         g, d = self.generator, self.model.discriminator
@@ -138,6 +152,7 @@ class ELBOObjective:
         assert train.lr is not None and train.beta1 is not None
         self.model, self.device, self.world = model, device, world
         self.terms = wrap(ELBOTerms(model), world, device)
+        self.base_lrs = {"model": train.lr}
         self.optimizers = {"model": adam(model.parameters(), train.lr, (train.beta1, train.beta2), device)}
         self.ema = None
 

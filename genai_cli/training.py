@@ -32,16 +32,20 @@ from genai_cli.errors import CheckpointError, ExitCode, Interrupted, TrainingDiv
 from genai_cli.fileio import append_line, atomic_write
 from genai_cli.models import MODELS, GenerativeModel, ModelSpec, VariationalModel
 from genai_cli.models.blocks import NORMS
-from genai_cli.objectives import Objective, make_objective
+from genai_cli.objectives import Objective, lr_factor, make_objective, set_learning_rates
 from genai_cli.runtime import describe, pick_device, seed_everything
 
 SAMPLE_GRID_SIZE = 64
 # Flags that may change when a run is resumed; anything else would change the maths.
 RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "train.sample_every",
-             "train.save_every", "train.lr", "train.lr_d", "data.data_dir"}
+             "train.save_every", "train.lr", "train.lr_d", "train.lr_decay_start", "data.data_dir"}
 # A discriminator whose loss stays below this for this many steps has won: G learns nothing.
 D_COLLAPSE_LOSS = 0.01
 D_COLLAPSE_STEPS = 500
+# A --max-time budget: steps BUDGET_WARMUP..BUDGET_PLAN_AT are timed, then the run's length is
+# fixed to what fits in BUDGET_USE of the time left (the rest covers grids and checkpoints).
+BUDGET_WARMUP, BUDGET_PLAN_AT, BUDGET_PLAN_FRACTION, BUDGET_USE = 5, 25, 0.05, 0.95
+BUDGET_PROVISIONAL_STEPS = 10**9
 
 
 @dataclass
@@ -95,6 +99,7 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     model.num_classes = len(source.classes) if spec.conditional else 0
     data.classes = list(source.classes)
     train.lr = train.lr or spec.lr
+    train.lr_decay_start = spec.lr_decay_start if train.lr_decay_start is None else train.lr_decay_start
     train.beta1 = spec.beta1 if train.beta1 is None else train.beta1
     train.ema = spec.ema if train.ema is None else train.ema
     if spec.conditional and not source.labelled:
@@ -197,6 +202,8 @@ class Session:
     saved_step: int | None = None  # the newest checkpoint on disk
     deadline: float | None = None  # time.monotonic() at which --max-time ends the run
     out_of_time: bool = False
+    budgeted: bool = False  # --max-time alone: the length is planned from the first steps' speed
+    budget_timer: float = 0.0  # time.monotonic() at step BUDGET_WARMUP
     collapse: CollapseWatch = field(default_factory=CollapseWatch)
 
     @property
@@ -316,14 +323,12 @@ def start_session(plan: Plan, out: str | None, resume: str | None, force: bool, 
 
 
 def restore(model: GenerativeModel, objective: Objective, state: ckpt.TrainingState) -> None:
-    """Weights, optimiser moments (keeping the flags' learning rates: --lr may change), EMA and RNGs."""
+    """Weights, optimiser moments, EMA and RNGs. Learning rates come from the config before every
+    step (`lr_factor`), so a --lr given on resume applies, whatever rate the state stored."""
     ckpt.load_weights_into(model, state.model_weights, state.checkpoint.path)
     try:
         for name, optimizer in objective.optimizers.items():
-            learning_rates = [group["lr"] for group in optimizer.param_groups]
             optimizer.load_state_dict(state.optimizers[name])
-            for group, lr in zip(optimizer.param_groups, learning_rates):
-                group["lr"] = lr
             match_layouts(optimizer)
         ckpt.restore_rng_state(state.rng)
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
@@ -356,13 +361,16 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
     deadline = time.monotonic() + max_time if max_time is not None else None
     if out and resume:
         raise UsageError("--out and --resume both name the run directory; give only --resume")
+    budgeted = max_time is not None and not resume and flags.get("train.steps") is None and flags.get("train.epochs") is None
+    if budgeted:
+        flags = {**flags, "train.steps": BUDGET_PROVISIONAL_STEPS}  # until planned; the schedule is flat that early
     world = distributed.current_world()
     if not world.is_main:
         console.configure(quiet=True)
     try:
         with ExitStack() as holds:
             session = start_session(plan_run(flags, resume, world), out, resume, force, holds)
-            session.deadline = deadline
+            session.deadline, session.budgeted = deadline, budgeted
             result = train_session(session, resumed=bool(resume))
         distributed.finish(world)
         return result
@@ -378,7 +386,8 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
     processes = f" × {session.world.size} processes" if session.world.distributed else ""
     console.info(f"genai {__version__}: training {cfg.model.kind} on {session.source.name} "
                  f"({len(session.source)} images, {session.source.location}) on {describe(session.device)}{processes}")
-    console.info(f"run directory {run_dir}; {session.total_steps} steps of batch {cfg.train.batch_size}"
+    length = "as many steps as --max-time allows" if session.budgeted else f"{session.total_steps} steps"
+    console.info(f"run directory {run_dir}; {length} of batch {cfg.train.batch_size}"
                  + (f", resuming at step {session.step}" if resumed else ""))
     fixed_z, fixed_labels, per_row = fixed_sample_inputs(session)
     started = time.perf_counter()
@@ -414,11 +423,15 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
         batches = session.source.epoch_batches(epoch, session.rank_batch_size, cfg.seed, session.device,
                                                start_batch, world.rank, world.size)
         for images, labels in batches:
+            set_learning_rates(session.objective.optimizers, session.objective.base_lrs,
+                               lr_factor(session.step, session.total_steps, cfg.lr_decay_start))
             losses = session.objective.step(prepare_batch(images), labels)
             for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             session.step += 1
             window_steps += 1
+            if session.budgeted:
+                plan_budget(session, progress)
             progress.advance(session.step)
             step, finished = session.step, session.step >= session.total_steps
             at_log = step % cfg.log_every == 0 or finished
@@ -440,6 +453,31 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
             if finished:
                 break
     return last
+
+
+def plan_budget(session: Session, progress: console.StepProgress) -> None:
+    """Under --max-time alone, time the steps after BUDGET_WARMUP, then fix the run's length (stored in
+    config.json and every checkpoint, so --resume follows the same schedule). One process plans at
+    step BUDGET_PLAN_AT or after 5% of the budget, whichever comes first; several plan at the step,
+    which every rank reaches together, and take rank 0's plan."""
+    step, now = session.step, time.monotonic()
+    if step == BUDGET_WARMUP:
+        session.budget_timer = now
+    if step <= BUDGET_WARMUP or session.deadline is None:
+        return
+    timed = now - session.budget_timer
+    early = not session.world.distributed and timed >= BUDGET_PLAN_FRACTION * (session.deadline - session.budget_timer)
+    if step != BUDGET_PLAN_AT and not early:
+        return
+    rate = (step - BUDGET_WARMUP) / max(timed, 1e-9)
+    planned = step + max(1, int(rate * max(session.deadline - now, 0.0) * BUDGET_USE))
+    planned = int(distributed.broadcast_text(str(planned), session.world))
+    session.config.train.steps, session.budgeted = planned, False
+    if session.world.is_main:
+        ckpt.save_config(session.run_dir, session.config)
+    progress.set_total(planned)
+    console.info(f"--max-time: planned {planned} steps ({rate * session.config.train.batch_size:.0f} images/s); "
+                 "the learning-rate schedule ends there")
 
 
 def stop_requests(session: Session, stop: StopRequest, at_log: bool) -> tuple[bool, bool]:

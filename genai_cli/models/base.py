@@ -79,5 +79,6 @@ class ModelSpec:
     conditional: bool = False
     latent_dim: int = 100
     lr: float = 2e-4
+    lr_decay_start: float = 1.0  # fraction of the run after which the rate falls linearly to 0
     beta1: float = 0.5
     ema: float = 0.999  # moving average of the generating half's weights; 0 for none

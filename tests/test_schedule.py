@@ -1,0 +1,76 @@
+"""Learning-rate schedules and --max-time budgets: the run plans its length, the rate ends at zero
+inside it, and a stopped run resumes onto the same curve bit for bit."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixture)
+
+from genai_cli import checkpoint as ckpt
+from genai_cli import training
+from genai_cli.config import Config
+from genai_cli.objectives import lr_factor
+
+
+@pytest.mark.parametrize("step,total,start,factor", [
+    (0, 10, 0.5, 1.0), (4, 10, 0.5, 1.0), (5, 10, 0.5, 1.0), (6, 10, 0.5, 0.8), (9, 10, 0.5, 0.2),
+    (0, 10, 0.0, 1.0), (5, 10, 0.0, 0.5), (9, 10, 1.0, 1.0), (10**6, 10, 1.0, 1.0),
+])
+def test_lr_factor_is_flat_then_linear_to_zero(step: int, total: int, start: float, factor: float) -> None:
+    assert lr_factor(step, total, start) == pytest.approx(factor)
+
+
+def final_lrs(run_dir: str) -> list[float]:
+    state = ckpt.load_training_state(Path(run_dir))
+    return [group["lr"] for opt in state.optimizers.values() for group in opt["param_groups"]]
+
+
+def test_the_rate_decays_over_the_runs_tail(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = training.train(flags(bars_root, "dcgan", **{"train.steps": 8, "train.lr_decay_start": 0.5}), out=str(tmp_path / "r"))
+    assert final_lrs(run.run_dir) == pytest.approx([2e-4 * 0.25] * 2)  # the last step (index 7) ran at (8-7)/(8-4)
+    constant = training.train(flags(bars_root, "dcgan", **{"train.steps": 8}), out=str(tmp_path / "c"))
+    assert final_lrs(constant.run_dir) == pytest.approx([2e-4] * 2)
+
+
+def test_a_stopped_scheduled_run_resumes_bit_for_bit(bars_root: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    scheduled = flags(bars_root, "dcgan", **{"train.steps": 7, "train.lr_decay_start": 0.3})
+    straight = training.train(scheduled, out=str(tmp_path / "straight"))
+    with monkeypatch.context() as patch:  # stop at step 3 as --max-time would, the schedule still planned for 7
+        patch.setattr(training.Session, "past_deadline", lambda self: self.step == 3)
+        first = training.train(scheduled, out=str(tmp_path / "split"))
+    assert first.step == 3 and first.max_time_reached
+    resumed = training.train({}, resume=first.run_dir)
+    a, b = (load_file(Path(r.run_dir) / ckpt.STATE_FILE) for r in (straight, resumed))
+    assert resumed.step == 7 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng")), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_max_time_alone_plans_the_length_and_ends_the_schedule_inside_it(bars_root: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    """On a clock that ticks 1 ms per reading, so a busy machine cannot change what is tested."""
+    ticks = itertools.count()
+    monkeypatch.setattr(training.time, "monotonic", lambda: next(ticks) / 1000)
+    run = training.train(flags(bars_root, "dcgan", **{"train.lr_decay_start": 0.5}), out=str(tmp_path / "r"), max_time=4.0)
+    planned = Config.from_json((Path(run.run_dir) / ckpt.CONFIG_FILE).read_text()).train.steps
+    assert training.BUDGET_PLAN_AT <= planned < training.BUDGET_PROVISIONAL_STEPS
+    assert run.step == planned and not run.max_time_reached  # the plan, not the deadline, ended it
+    assert ckpt.load_training_state(Path(run.run_dir)).checkpoint.config.train.steps == planned
+    assert max(final_lrs(run.run_dir)) < 2e-4 * 2 / planned * 1.01 + 1e-12  # the last step ran near zero
+
+
+def test_max_time_with_steps_is_only_a_deadline(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = training.train(flags(bars_root, "vae", **{"train.steps": 5}), out=str(tmp_path / "r"), max_time=600.0)
+    assert Config.from_json((Path(run.run_dir) / ckpt.CONFIG_FILE).read_text()).train.steps == 5
+
+
+def test_version_1_configs_load_and_keep_a_constant_rate() -> None:
+    raw = Config().to_dict()
+    raw["schema"] = 1
+    del raw["train"]["lr_decay_start"]
+    assert Config.from_dict(raw).train.lr_decay_start == 1.0
+    with pytest.raises(ValueError, match="schema 3"):
+        Config.from_dict({**raw, "schema": 3})
