@@ -31,7 +31,9 @@ from PIL import Image, ImageOps
 from genai_cli import console
 from genai_cli.config import MAX_IMAGE_SIZE
 from genai_cli.errors import DataError, UsageError
+from genai_cli.fileio import require_regular_file
 from genai_cli.registry import Registry, normalise_name
+from genai_cli.resources import require_memory
 
 # Where Debian's `dataset-*` packages install; tests point this elsewhere.
 DEBIAN_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
@@ -283,7 +285,10 @@ def _load_registered(
             f"{paths[-1]} has label {int(labels.max())} but {key} has "
             f"{len(classes)} classes; replace the file with the original"
         )
-    images = _convert(images, channels or images.shape[1], image_size or images.shape[-1])
+    channels, image_size = channels or images.shape[1], image_size or images.shape[-1]
+    require_memory(len(images) * channels * image_size**2, f"the {len(images)} images of {key} at {image_size}x{image_size}",
+                   "use a smaller --image-size")
+    images = _convert(images, channels, image_size)
     return InMemorySource(
         key, classes, images.shape[1], images.shape[-1], str(paths[0].parent), labels, images
     )
@@ -304,8 +309,9 @@ def _data_folder(spec: DatasetSpec, root: Path) -> Path:
 
 
 def _find(folder: Path, filename: str) -> Path | None:
-    """The decompressed file if present (faster), else its .gz."""
+    """The decompressed file if present (faster), else its .gz; a FIFO or device there is refused."""
     for path in (folder / filename, folder / f"{filename}.gz"):
+        require_regular_file(path, "replace it with the dataset file", DataError)
         if path.is_file():
             return path
     return None
