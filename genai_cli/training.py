@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from genai_cli import __version__, console, distributed, sampling
+from genai_cli import __version__, console, distributed, resources, sampling
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
-from genai_cli.config import Config, validate_train
+from genai_cli.config import Config, validate_model, validate_train
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.distributed import SINGLE_PROCESS, World
 from genai_cli.errors import CheckpointError, ExitCode, Interrupted, TrainingDiverged, UsageError
-from genai_cli.fileio import TEMP_SUFFIX, append_line, atomic_write, write_error
+from genai_cli.fileio import TEMP_SUFFIX, append_line, atomic_write, read_log, write_error
 from genai_cli.models import MODELS, GenerativeModel, ModelSpec, VariationalModel
 from genai_cli.models.blocks import NORMS
 from genai_cli.objectives import Objective, make_objective
@@ -92,11 +92,11 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     """Fill family defaults and dataset facts so the stored config is complete."""
     model, data, train = config.model, config.data, config.train
     model.kind = spec.name
-    model.latent_dim = model.latent_dim or spec.latent_dim
+    model.latent_dim = spec.latent_dim if model.latent_dim is None else model.latent_dim
     model.channels, model.image_size = source.channels, source.image_size
     model.num_classes = len(source.classes) if spec.conditional else 0
     data.classes = list(source.classes)
-    train.lr = train.lr or spec.lr
+    train.lr = spec.lr if train.lr is None else train.lr
     train.beta1 = spec.beta1 if train.beta1 is None else train.beta1
     train.ema = spec.ema if train.ema is None else train.ema
     if spec.conditional and not source.labelled:
@@ -104,8 +104,6 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
                          "use class sub-folders or an unconditional model")
     if model.norm not in NORMS:
         raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {model.norm!r}")
-    if model.latent_dim < 1 or model.width < 1:
-        raise UsageError("--latent-dim and --width must be at least 1")
     return config
 
 
@@ -169,7 +167,7 @@ def trim_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_log(path).splitlines():
         try:
             if json.loads(line).get("step", 0) <= step:
                 kept.append(line)
@@ -181,7 +179,7 @@ def trim_metrics(path: Path, step: int) -> None:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     rows = []
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_log(path).splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
@@ -333,6 +331,7 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
     state = ckpt.load_training_state(Path(resume)) if resume else None
     base = state.checkpoint.config if state else Config()
     config = apply_flags(base, flags, resuming=state is not None)
+    validate_model(config.model)
     validate_train(config.train)
     spec = MODELS.get(config.model.kind)
     device = pick_device(config.train.device)
@@ -343,12 +342,13 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
         raise UsageError(f"--batch-size {batch} does not split evenly over {world.size} processes; "
                          f"use a multiple of {world.size}")
     source.batches_per_epoch(batch // world.size, world.size)  # raises when the batch exceeds the data
+    resources.require_training_fits(spec, config.model, batch // world.size, device)
     return Plan(config, spec, device, source, state, world)
 
 
-def resolve(flags: dict[str, Any], resume: str | None = None) -> Config:
-    """The complete config a `train` call would use (for --dry-run)."""
-    return plan_run(flags, resume).config
+def resolve(flags: dict[str, Any], resume: str | None = None, world: World = SINGLE_PROCESS) -> Config:
+    """The complete config a `train` call would use (for --dry-run, and checked by the torchrun launcher)."""
+    return plan_run(flags, resume, world).config
 
 
 def build_model(plan: Plan, device: torch.device) -> GenerativeModel:
