@@ -31,8 +31,9 @@ from safetensors.torch import save as save_tensors
 
 from genai_cli import __version__
 from genai_cli.config import Config
+from genai_cli.console import printable
 from genai_cli.errors import CheckpointError
-from genai_cli.fileio import atomic_write
+from genai_cli.fileio import atomic_write, require_regular_file
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
@@ -98,8 +99,7 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, Any], int]:
 
     Reads only the header, so `genai info` and kind checks cost nothing for large files.
     """
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory; pass a run directory or a .safetensors file")
+    require_regular_file(path, "pass a run directory or a .safetensors file", CheckpointError)
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
@@ -138,12 +138,6 @@ def _check_extent(path: Path, index: dict[str, Any], data_len: int) -> None:
         raise CheckpointError(
             f"{path} is truncated ({data_len} of {end} data bytes); re-save it or use an earlier checkpoint"
         )
-
-
-def printable(text: object) -> str:
-    """`text` with control characters and lone surrogates escaped: strings from a file go into one-line
-    messages and terminal output, and must not add lines or terminal codes there."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def read_metadata(path: Path, role: str = ROLE_MODEL) -> dict[str, str]:

@@ -8,15 +8,18 @@ completion stay fast.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
+from types import FrameType
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
 from genai_cli import __version__, console
-from genai_cli.config import DataConfig, ModelConfig, TrainConfig, parse_duration
-from genai_cli.errors import ExitCode, GateFailed, GenaiError, UsageError
+from genai_cli.config import DataConfig, ModelConfig, TrainConfig, check_paths, parse_duration
+from genai_cli.errors import ExitCode, GateFailed, GenaiError, Terminated, UsageError
 
 app = typer.Typer(
     name="genai",
@@ -35,17 +38,39 @@ Device = Annotated[Optional[str], typer.Option(help="auto (CUDA, then MPS, then 
 _M, _D, _T = ModelConfig(), DataConfig(), TrainConfig()
 
 
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def terminated_like_interrupted() -> Iterator[None]:
+    """SIGTERM raises Terminated (a KeyboardInterrupt) for the command's duration, so every command
+    cleans up on SIGTERM as on Ctrl-C; training's own handler replaces it while it trains."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def reporting_errors(quiet: bool, debug: bool) -> Iterator[None]:
     """One line on stderr and a documented exit code for every failure; tracebacks only with --debug."""
     console.configure(quiet=quiet)
     try:
-        yield
+        with terminated_like_interrupted():
+            yield
     except GenaiError as err:
         if debug:
             console.print_exception()
         console.error(str(err))
         raise typer.Exit(err.exit_code) from None
+    except Terminated:
+        console.error("terminated (SIGTERM)")
+        raise typer.Exit(ExitCode.SIGTERM) from None
     except KeyboardInterrupt:
         console.error("interrupted")
         raise typer.Exit(ExitCode.SIGINT) from None
@@ -59,8 +84,19 @@ def reporting_errors(quiet: bool, debug: bool) -> Iterator[None]:
         if debug:
             console.print_exception()
         detail = " ".join(str(err).split())  # one line, even for multi-line exception messages
+        if out_of_memory(err):  # beyond what the up-front estimates caught (other programs took the memory since)
+            console.error(f"out of memory ({detail[:160]}); ask for less: a smaller --batch-size, --width or --image-size "
+                          "to train, a smaller --n to sample or evaluate")
+            raise typer.Exit(ExitCode.RUNTIME) from None
         console.error(f"internal error: {type(err).__name__}: {detail} (rerun with --debug for the traceback and report it)")
         raise typer.Exit(ExitCode.RUNTIME) from None
+
+
+def out_of_memory(err: Exception) -> bool:
+    """Python's MemoryError, torch.OutOfMemoryError, and the allocators' RuntimeErrors (no torch import here)."""
+    text = str(err).lower()
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or isinstance(err, RuntimeError) and ("not enough memory" in text or "tried to allocate" in text))
 
 
 def version_callback(value: bool) -> None:
@@ -96,6 +132,7 @@ def train(
     channels: Annotated[Optional[int], typer.Option(help="1 (gray) or 3 (RGB). \\[default: the dataset's]")] = None,
     width: Annotated[Optional[int], typer.Option(help=f"Base channel width of the networks. \\[default: {_M.width}]")] = None,
     beta: Annotated[Optional[float], typer.Option(help=f"VAE KL weight (beta-VAE). \\[default: {_M.beta}]")] = None,
+    prior: Annotated[Optional[str], typer.Option(help="VAE latents: fitted (a Gaussian fitted to the training codes when training ends; sharper samples) or standard (N(0, I)). \\[default: fitted for VAEs]")] = None,
     norm: Annotated[Optional[str], typer.Option(help=f"Normalisation layers: batch, group (independent of how processes split a batch) or none. \\[default: {_M.norm}]")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed for weights, batches and noise. \\[default: {_T.seed}]")] = None,
     device: Device = None,
@@ -115,14 +152,9 @@ def train(
     debug: Debug = False,
 ) -> None:
     """Train a model; writes a run directory with model.safetensors, samples and metrics."""
-    if (nproc_per_node or rdzv_endpoint or nnodes != "1") and "WORLD_SIZE" not in os.environ:
-        from genai_cli import distributed
-
-        with reporting_errors(quiet, debug):
-            raise typer.Exit(distributed.launch(sys.argv[2:], nproc_per_node or 1, nnodes, rdzv_endpoint))
     flags: dict[str, Any] = {
         "model.kind": model, "model.latent_dim": latent_dim, "model.image_size": image_size,
-        "model.channels": channels, "model.width": width, "model.beta": beta, "model.norm": norm,
+        "model.channels": channels, "model.width": width, "model.beta": beta, "model.norm": norm, "model.prior": prior,
         "data.name": data, "data.data_dir": data_dir, "data.split": split,
         "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
         "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.seed": seed,
@@ -130,14 +162,22 @@ def train(
         "train.save_every": save_every,
     }
     with reporting_errors(quiet, debug):
+        check_paths({"--out": out, "--resume": resume, "--data": data, "--data-dir": data_dir})
+        seconds = parse_duration(max_time) if max_time is not None else None
         from genai_cli import training
 
+        if (nproc_per_node is not None or rdzv_endpoint or nnodes != "1") and "WORLD_SIZE" not in os.environ:
+            from genai_cli import distributed
+
+            processes = 1 if nproc_per_node is None else nproc_per_node
+            command = distributed.torchrun_command(distributed.strip_launch_flags(sys.argv[2:]), processes, nnodes, rdzv_endpoint)
+            training.resolve(flags, resume, distributed.launch_world(processes, nnodes))  # every value checked before torchrun starts
+            raise typer.Exit(distributed.launch(command, processes))
         if dry_run:
             console.emit_text(training.resolve(flags, resume).to_json(indent=2))
             return
         from genai_cli.distributed import current_world
 
-        seconds = parse_duration(max_time) if max_time is not None else None
         result = training.train(flags, out=out, resume=resume, force=force, max_time=seconds)
         if not current_world().is_main:  # under torchrun, rank 0 alone reports
             return
@@ -166,6 +206,7 @@ def sample(
 ) -> None:
     """Generate images from a trained model."""
     with reporting_errors(quiet, debug):
+        check_paths({"--out": out, "--checkpoint": checkpoint})
         if out == "-" and console.stdout_is_terminal():
             raise UsageError("--out - writes PNG bytes to stdout, which is a terminal; pipe it or redirect it to a file")
         if out == "-" and json_out:
@@ -197,6 +238,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Reference split.")] = "test",
     seed: Annotated[int, typer.Option(help="First sampling seed (image i uses seed+i).")] = 0,
     iw_samples: Annotated[int, typer.Option(help="Importance samples for the VAE NLL bound.")] = 64,
+    ref_stats: Annotated[Optional[str], typer.Option(help="Reference feature statistics (.npz with mu and sigma, as pytorch-fid writes) instead of the reference images' features: FID (and IS, acc, NLL) without recomputing them.")] = None,
     fail_if: Annotated[Optional[list[str]], typer.Option("--fail-if", help='Gate such as "fid>30"; exit 3 when it holds. Repeatable.')] = None,
     device: Device = None,
     json_out: Json = False,
@@ -205,15 +247,17 @@ def evaluate(
 ) -> None:
     """Measure sample quality (FID, KID, IS, precision/recall, density/coverage, accuracy, NLL)."""
     with reporting_errors(quiet, debug):
+        check_paths({"--checkpoint": checkpoint, "--images": images, "--data": data, "--data-dir": data_dir,
+                     "--inception-weights": inception_weights, "--ref-stats": ref_stats})
         from genai_cli import evaluation
 
         result = evaluation.run_eval(evaluation.EvalRequest(
             checkpoint=checkpoint, n=n, metrics=metrics.split(",") if metrics else None, features=features,
             inception_weights=inception_weights, real=real, images=images, data=data, data_dir=data_dir,
-            split=split, seed=seed, device=device or "auto", iw_samples=iw_samples, gates=fail_if or [],
+            split=split, seed=seed, device=device or "auto", iw_samples=iw_samples, gates=fail_if or [], ref_stats=ref_stats,
         ))
         console.emit_json(result) if json_out else console.eval_table(result)
-        failed = [v["gate"] for v in result["gates"] if not v["passed"]]
+        failed = [f"{v['gate']} ({v['reason']})" if "reason" in v else v["gate"] for v in result["gates"] if not v["passed"]]
         if failed:
             raise GateFailed(f"quality gate failed: {', '.join(failed)}")
 
@@ -234,6 +278,7 @@ def export_command(
 ) -> None:
     """Export the generator (decoder for VAEs) to ONNX, torch.export pt2 or a slim safetensors folder."""
     with reporting_errors(quiet, debug):
+        check_paths({"--out": out, "--checkpoint": checkpoint})
         from genai_cli import export
         from genai_cli.errors import ExportCheckFailed
 
@@ -257,6 +302,7 @@ def info_command(
 ) -> None:
     """Describe a checkpoint from its header alone: kind, config, step, dataset, parameters, sha256."""
     with reporting_errors(quiet, debug):
+        check_paths({"PATH": path})
         from genai_cli import export
 
         summary = export.describe(path)

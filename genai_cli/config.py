@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 2  # 2: train.lr_decay_start (version-1 configs trained at a constant rate)
+SCHEMA_VERSION = 3  # 2: train.lr_decay_start; 3: model.prior. Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
+# What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
+SEED_RANGE = (0, 2**64 - 1)
 
 
 @dataclass
@@ -32,6 +35,7 @@ class ModelConfig:
     width: int = 64  # base channel count (ngf/ndf) for conv models
     beta: float = 1.0  # VAE: weight of the KL term (beta-VAE)
     norm: str = "batch"  # "batch", "group" or "none" (see models.blocks.norm_layer)
+    prior: str | None = None  # latents: "standard" N(0, I) or "fitted" to the codes (VAEs); family default
 
 
 @dataclass
@@ -79,11 +83,9 @@ class Config:
         if not isinstance(raw, dict):
             raise ValueError("config must be a JSON object")
         schema = raw.get("schema", SCHEMA_VERSION)
-        if schema not in (1, SCHEMA_VERSION) or isinstance(schema, bool):
+        if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema <= SCHEMA_VERSION:
             raise ValueError(f"config schema {schema} is not supported (expected {SCHEMA_VERSION})")
-        if schema == 1:  # written before learning-rate schedules: those runs continue at a constant rate
-            train = raw.get("train")
-            raw = {**raw, "train": {"lr_decay_start": 1.0, **train} if isinstance(train, dict) else train}
+        raw = _upgrade(raw, schema)
         sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
         unknown = set(raw) - set(sections) - {"schema"}
         if unknown:
@@ -93,6 +95,18 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> Config:
         return cls.from_dict(json.loads(text))
+
+
+# What each schema added, and the value that reproduces how runs of older schemas trained and sample.
+UPGRADES = {2: ("train", "lr_decay_start", 1.0), 3: ("model", "prior", "standard")}
+
+
+def _upgrade(raw: dict[str, Any], schema: int) -> dict[str, Any]:
+    """An older config with the fields later schemas added, set to what its run did."""
+    for version, (section, name, value) in UPGRADES.items():
+        if schema < version and isinstance(raw.get(section), dict):
+            raw = {**raw, section: {name: value, **raw[section]}}
+    return raw
 
 
 def _build_section(kind: type, raw: Any) -> Any:
@@ -127,29 +141,99 @@ def _check_type(section: str, name: str, annotation: str, value: Any) -> None:
         raise ValueError(f"{section}.{name} must be {annotation}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The values a flag takes: low..high, an open end excluding that end. NaN and inf never pass."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def lower(self) -> str:
+        if self.low_open:
+            return "positive" if self.low == 0 else f"above {_number(self.low)}"
+        return f"at least {_number(self.low)}"
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return self.lower()
+        return f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}{')' if self.high_open else ']'}"
+
+
+def _number(x: float) -> str:
+    """4096, not 4096.0 or 4.096e+03; 2^64 - 1 in full."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 2**65 else f"{x:g}"
+
+
+UNIT_OPEN = Bound(0, 1, low_open=True, high_open=True)
+DECAY = Bound(0, 1, high_open=True)  # Adam's beta1 and the EMA decay: 0 is allowed, 1 never forgets
+COUNT = Bound(1, math.inf)
+# Every numeric flag's range, in one place. Upper bounds keep a value from reaching the engine where
+# it could only fail late or allocate without end: a latent of 4096 and a width of 1024 are far beyond
+# what these models use (100 and 64); what a size needs in memory is checked against the machine too.
+BOUNDS: dict[str, Bound] = {
+    "--latent-dim": Bound(1, 4096),
+    "--width": Bound(1, 1024),
+    "--beta": Bound(0, 1e4),
+    "--epochs": Bound(1, 1e6),
+    "--steps": Bound(1, 1e12),
+    "--batch-size": Bound(1, 65536),
+    "--lr": UNIT_OPEN,
+    "--lr-d": UNIT_OPEN,
+    "--lr-decay-start": Bound(0, 1),  # a fraction of the run; 1 keeps the rate constant
+    "--beta1": DECAY,
+    "--ema": DECAY,
+    "--seed": Bound(*SEED_RANGE),
+    "--log-every": COUNT,
+    "--sample-every": COUNT,
+    "--save-every": COUNT,
+    "--nproc-per-node": Bound(1, 1024),
+    "--n": COUNT,
+    "--nrow": COUNT,
+    "--iw-samples": Bound(1, 100_000),
+    "--tolerance": Bound(0, math.inf, low_open=True),
+}
+
+
+def check_range(flag: str, value: float | None, bound: Bound | None = None) -> None:
+    """A UsageError naming the flag, the value and its valid range unless `value` is None or in range."""
+    bound = bound or BOUNDS[flag]
+    if value is None or bound.holds(value):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{flag} must be a finite number ({bound}), got {value}")
+    if bound.high == math.inf or not (value > bound.low if bound.low_open else value >= bound.low):
+        raise UsageError(f"{flag} must be {bound.lower()}, got {value}" + ("" if bound.high == math.inf else f" (valid {bound})"))
+    raise UsageError(f"{flag} must be {bound}, got {value}")
+
+
+def check_paths(paths: dict[str, str | None]) -> None:
+    """A path flag given as an empty string is a mistake (an unset shell variable), never 'the default'."""
+    for flag, value in paths.items():
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty; give a path, or leave the flag out for its default")
+
+
+def validate_model(model: ModelConfig) -> None:
+    """Model flags within their ranges (image size and channels are checked with the data)."""
+    for flag, value in (("--latent-dim", model.latent_dim), ("--width", model.width), ("--beta", model.beta)):
+        check_range(flag, value)
+
+
 def validate_train(train: TrainConfig) -> None:
-    """Reject flag values that cannot work, with the fix in the message."""
-    positive = {
-        "--batch-size": train.batch_size,
-        "--log-every": train.log_every,
-        "--sample-every": train.sample_every,
-        "--save-every": train.save_every,
-    }
-    if train.steps is None:
-        positive["--epochs"] = train.epochs
-    else:
-        positive["--steps"] = train.steps
-    for flag, value in positive.items():
-        if value < 1:
-            raise UsageError(f"{flag} must be at least 1, got {value}")
-    for flag, value in (("--lr", train.lr), ("--lr-d", train.lr_d)):
-        if value is not None and not 0 < value < 1:
-            raise UsageError(f"{flag} must be between 0 and 1, got {value}")
-    if train.lr_decay_start is not None and not 0 <= train.lr_decay_start <= 1:
-        raise UsageError(f"--lr-decay-start must be in [0, 1] (a fraction of the run; 1 keeps the rate constant), "
-                         f"got {train.lr_decay_start}")
-    if train.ema is not None and not 0 <= train.ema < 1:
-        raise UsageError(f"--ema must be in [0, 1) (0 turns it off), got {train.ema}")
+    """Reject flag values that cannot work, with the valid range in the message."""
+    for flag in ("--batch-size", "--log-every", "--sample-every", "--save-every", "--lr", "--lr-d", "--lr-decay-start",
+                 "--beta1", "--ema", "--seed"):
+        check_range(flag, getattr(train, flag[2:].replace("-", "_")))
+    check_range("--steps", train.steps) if train.steps is not None else check_range("--epochs", train.epochs)
     if train.gan_loss not in ("bce", "hinge"):
         raise UsageError(f"--gan-loss must be 'bce' or 'hinge', got {train.gan_loss!r}")
 

@@ -28,19 +28,32 @@ def configure(quiet: bool = False) -> None:
     _quiet = quiet
 
 
+def printable(text: object) -> str:
+    """`text` with control characters and lone surrogates escaped: strings from files (class names,
+    paths, metadata) go into one-line messages and terminal output, and must not add lines or
+    terminal codes there."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _lines(text: str) -> str:
+    """Each line made printable; the text's own line breaks kept."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+# info, warn and error escape their whole message, so no caller can pass a file's string to the terminal raw.
 def info(message: str) -> None:
     if not _quiet:
-        _stderr.print(message, markup=False)
+        _stderr.print(_lines(message), markup=False)
 
 
 def warn(message: str) -> None:
     # Text, not markup: messages hold paths and file names, and "[...]" in them is not markup.
-    _stderr.print(Text.assemble(("warning:", "yellow"), " ", message))
+    _stderr.print(Text.assemble(("warning:", "yellow"), " ", printable(message)), soft_wrap=True)  # one line, as errors
 
 
 def error(message: str) -> None:
-    # One line: no wrapping by rich, so a log grep finds the whole message.
-    _stderr.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    # One line (a newline in it is escaped too): no wrapping by rich, so a log grep finds the whole message.
+    _stderr.print(Text.assemble(("error:", "bold red"), " ", printable(message)), soft_wrap=True)
 
 
 def print_exception() -> None:
@@ -70,7 +83,8 @@ def emit_json(obj: Any) -> None:
 
 
 def emit_text(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    """Text answers on stdout, each line escaped like the logs (they name files and classes)."""
+    sys.stdout.write(_lines(text) + "\n")
     sys.stdout.flush()
 
 

@@ -31,7 +31,9 @@ from PIL import Image, ImageOps
 from genai_cli import console
 from genai_cli.config import MAX_IMAGE_SIZE
 from genai_cli.errors import DataError, UsageError
+from genai_cli.fileio import require_regular_file
 from genai_cli.registry import Registry, normalise_name
+from genai_cli.resources import require_memory
 
 # Where Debian's `dataset-*` packages install; tests point this elsewhere.
 DEBIAN_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
@@ -126,6 +128,11 @@ class ImageSource:
         starts = [b * global_batch + rank * batch_size for b in range(max(start_batch, 0), count)]
         return self._batches([order[s : s + batch_size] for s in starts], device)
 
+    def in_order(self, batch_size: int, device: torch.device) -> Iterator[Batch]:
+        """Every image once, in dataset order (the last batch may be smaller): for passes that are no training."""
+        n = len(self)
+        return self._batches([torch.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)], device)
+
     def _batches(self, indices: list[torch.Tensor], device: torch.device) -> Iterator[Batch]:
         for index, images in zip(indices, self._images_at(indices)):
             labels = None if self.labels is None else self.labels[index].to(device)
@@ -154,6 +161,11 @@ class InMemorySource(ImageSource):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def in_order(self, batch_size: int, device: torch.device) -> Iterator[Batch]:
+        """Every image once, in dataset order (the last batch may be smaller): for passes that are no training."""
+        n = len(self)
+        return self._batches([torch.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)], device)
 
     def _batches(self, indices: list[torch.Tensor], device: torch.device) -> Iterator[Batch]:
         """The dataset moves to the device once (uint8, tens of MB for MNIST-sized data) and each
@@ -283,7 +295,10 @@ def _load_registered(
             f"{paths[-1]} has label {int(labels.max())} but {key} has "
             f"{len(classes)} classes; replace the file with the original"
         )
-    images = _convert(images, channels or images.shape[1], image_size or images.shape[-1])
+    channels, image_size = channels or images.shape[1], image_size or images.shape[-1]
+    require_memory(len(images) * channels * image_size**2, f"the {len(images)} images of {key} at {image_size}x{image_size}",
+                   "use a smaller --image-size")
+    images = _convert(images, channels, image_size)
     return InMemorySource(
         key, classes, images.shape[1], images.shape[-1], str(paths[0].parent), labels, images
     )
@@ -304,8 +319,9 @@ def _data_folder(spec: DatasetSpec, root: Path) -> Path:
 
 
 def _find(folder: Path, filename: str) -> Path | None:
-    """The decompressed file if present (faster), else its .gz."""
+    """The decompressed file if present (faster), else its .gz; a FIFO or device there is refused."""
     for path in (folder / filename, folder / f"{filename}.gz"):
+        require_regular_file(path, "replace it with the dataset file", DataError)
         if path.is_file():
             return path
     return None

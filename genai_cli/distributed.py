@@ -10,18 +10,26 @@ written by N processes resumes on M.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import FrameType
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from genai_cli.errors import UsageError
+from genai_cli.config import check_range
+from genai_cli.errors import ExitCode, UsageError
 
 LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint")
+SIGNAL_EXIT_CODES = {signal.SIGINT: ExitCode.SIGINT, signal.SIGTERM: ExitCode.SIGTERM}
+# How long torchrun lets the workers stop after passing a signal on (its default, 30 s, can be shorter
+# than the wait for the next --log-every step, where they save their checkpoint): then SIGKILL.
+SHUTDOWN_SECONDS = "600"
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,9 @@ def global_slice(tensor_for_all: torch.Tensor, world: World) -> torch.Tensor:
 
 def torchrun_command(train_args: Sequence[str], nproc_per_node: int, nnodes: str, rdzv_endpoint: str | None) -> list[str]:
     """`python -m torch.distributed.run ... -m genai_cli train ARGS`; a free port on one node."""
-    if nproc_per_node < 1:
-        raise UsageError(f"--nproc-per-node must be at least 1, got {nproc_per_node}")
+    check_range("--nproc-per-node", nproc_per_node)
+    if not re.fullmatch(r"[1-9]\d{0,3}(:[1-9]\d{0,3})?", nnodes):
+        raise UsageError(f"--nnodes {nnodes!r} is not a machine count; write N or MIN:MAX, e.g. 2 or 1:4")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node), "--nnodes", nnodes]
     if rdzv_endpoint:
         command += ["--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
@@ -143,10 +152,35 @@ def strip_launch_flags(argv: Sequence[str]) -> list[str]:
     return kept
 
 
-def launch(argv: Sequence[str], nproc_per_node: int, nnodes: str, rdzv_endpoint: str | None) -> int:
-    """Run `genai train` under torchrun and return its exit code."""
-    command = torchrun_command(strip_launch_flags(argv), nproc_per_node, nnodes, rdzv_endpoint)
+def launch_world(nproc_per_node: int, nnodes: str) -> World:
+    """The smallest world a launch can make (MIN machines of MIN:MAX), for checking the flags up front."""
+    return World(size=nproc_per_node * int(nnodes.split(":")[0]))
+
+
+def launch(command: Sequence[str], nproc_per_node: int) -> int:
+    """Run torchrun and return its exit code.
+
+    torchrun gets a session of its own, so a terminal's Ctrl-C reaches this process alone, and
+    SIGINT or SIGTERM here is passed on to torchrun once; torchrun passes it to every worker,
+    which saves a checkpoint and stops, and this process waits for all of them and exits
+    130 or 143: nothing is left running.
+    """
     env = dict(os.environ)
     # Share this machine's cores among its processes (torchrun would otherwise pick 1 and say so).
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
-    return subprocess.run(command, check=False, env=env).returncode
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_SECONDS)
+    child = subprocess.Popen(list(command), env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if not received:  # torchrun stops its workers on the first; a second would cut their checkpoint short
+            child.send_signal(signum)
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in SIGNAL_EXIT_CODES}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return SIGNAL_EXIT_CODES[signal.Signals(received[0])] if received else code

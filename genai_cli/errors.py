@@ -66,6 +66,11 @@ class TrainingDiverged(GenaiError):
     exit_code = ExitCode.DIVERGED
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, like Ctrl-C's KeyboardInterrupt: the same `finally` and
+    `except BaseException` cleanups run (staging folders, temporary files), then exit 143."""
+
+
 class Interrupted(GenaiError):
     """Training stopped by a signal after saving a checkpoint."""
 

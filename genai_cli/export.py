@@ -227,7 +227,7 @@ def model_card(model: GenerativeModel, loaded: ckpt.Checkpoint, dtype: str) -> s
         f"Source checkpoint sha256: `{file_sha256(loaded.path)}`.",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(ckpt.printable(line) for line in lines)  # class and dataset names come from a file
 
 
 # ---------------------------------------------------------------- checking

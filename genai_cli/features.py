@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -31,14 +32,15 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from genai_cli import console
-from genai_cli.checkpoint import printable
+from genai_cli import console, metrics
+from genai_cli.console import printable
 from genai_cli.errors import GenaiError, UsageError
-from genai_cli.fileio import atomic_write, file_sha256
+from genai_cli.fileio import atomic_write, file_sha256, require_regular_file
 
 PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_FILES = ("inception-2015-12-05.pt", "pt_inception-2015-12-05-6726825d.pth")
 FEATURE_BATCH = 100
+INCEPTION_DIM, CLASSIFIER_DIM = 2048, 128  # feature sizes: what eval's memory estimate counts
 
 
 def cache_dir() -> Path:
@@ -79,8 +81,9 @@ def find_inception_weights(path: str | None) -> Path:
     """--inception-weights, $GENAI_INCEPTION_WEIGHTS, the usual caches, else a download."""
     if path or os.environ.get("GENAI_INCEPTION_WEIGHTS"):
         chosen = Path(path or os.environ["GENAI_INCEPTION_WEIGHTS"])
-        if not chosen.is_file():
+        if not chosen.exists():
             raise UsageError(f"Inception weights {chosen} not found; pass an existing --inception-weights file")
+        require_regular_file(chosen, "pass the Inception weights file itself as --inception-weights", UsageError)
         return chosen
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     for folder in (cache_dir(), hub):
@@ -147,7 +150,7 @@ def load_inception(path: str | None, device: torch.device) -> Extractor:
             else:
                 fn = lambda x: (net(_resize_299(x) / 128 - 1), None)  # noqa: E731
                 protocol = "bilinear resize to 299, x/128 - 1, gray -> RGB"
-            return Extractor("inception", str(weights), sha, 2048, protocol, fn, device)
+            return Extractor("inception", str(weights), sha, INCEPTION_DIM, protocol, fn, device)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net = fid_inception_v3()
         net.load_state_dict(state)
@@ -162,7 +165,7 @@ def load_inception(path: str | None, device: torch.device) -> Extractor:
         pool = _inception_pool(net, _resize_299(x) / 127.5 - 1)
         return pool, net.fc(pool)
 
-    return Extractor("inception", str(weights), sha, 2048, "bilinear resize to 299, x/127.5 - 1 (pytorch-fid), gray -> RGB",
+    return Extractor("inception", str(weights), sha, INCEPTION_DIM, "bilinear resize to 299, x/127.5 - 1 (pytorch-fid), gray -> RGB",
                      pool_and_logits, device)
 
 
@@ -217,8 +220,8 @@ class SmallCNN(nn.Module):
                     nn.MaxPool2d(2)]
 
         self.body = nn.Sequential(*stage(channels, 32), *stage(32, 64), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                                  nn.Linear(64 * 16, 128), nn.ReLU(True))
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, num_classes))
+                                  nn.Linear(64 * 16, CLASSIFIER_DIM), nn.ReLU(True))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(CLASSIFIER_DIM, num_classes))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(x)
@@ -279,11 +282,9 @@ def load_classifier(dataset: str, device: torch.device, num_classes: int,
     train_x, train_y, test_x, test_y = splits
     channels, size = train_x.shape[1], train_x.shape[2]
     path = classifier_path(dataset, channels, size, fingerprint(train_x, train_y))
-    net = SmallCNN(channels, num_classes)
-    if path.is_file():
-        net.load_state_dict(load_tensors(path.read_bytes()))
-        with safe_open(str(path), "pt") as handle:
-            info = json.loads(handle.metadata()["genai.classifier"])
+    cached = read_classifier(path, channels, num_classes) if path.is_file() else None
+    if cached is not None:
+        net, info = cached
     else:
         console.info(f"training the {dataset} classifier once ({CLASSIFIER_EPOCHS} epochs); cached at {path}")
         net = train_classifier(train_x, train_y, num_classes, device).cpu()
@@ -294,10 +295,27 @@ def load_classifier(dataset: str, device: torch.device, num_classes: int,
         atomic_write(path, save_tensors(weights, metadata={"format": "pt", "genai.classifier": json.dumps(info)}))
         console.info(f"classifier test accuracy {info['test_accuracy']:.4f}")
     net = net.to(device).eval()
-    extractor = Extractor("classifier", str(path), file_sha256(path), 128,
+    extractor = Extractor("classifier", str(path), file_sha256(path), CLASSIFIER_DIM,
                           "genai SmallCNN penultimate layer at the dataset's own size, x/127.5 - 1",
                           lambda x: net(x.float() / 127.5 - 1), device)
     return extractor, info
+
+
+def read_classifier(path: Path, channels: int, num_classes: int) -> tuple[SmallCNN, dict] | None:
+    """A cached classifier and its stored accuracy; a damaged entry (truncated, no metadata, other
+    shapes) is None with one warning, and is retrained and rewritten, never trusted."""
+    net = SmallCNN(channels, num_classes)
+    try:
+        net.load_state_dict(load_tensors(path.read_bytes()))
+        with safe_open(str(path), "pt") as handle:
+            info = json.loads((handle.metadata() or {})["genai.classifier"])
+        if not isinstance(info, dict) or len(info["per_class_accuracy"]) != num_classes:
+            raise ValueError("its metadata does not describe this classifier")
+        float(info["test_accuracy"])
+    except Exception as err:  # safetensors, torch and json raise their own types for damaged files
+        console.warn(f"ignoring damaged classifier cache {path} ({load_failure(err)}); training it again")
+        return None
+    return net, info
 
 
 # ---------------------------------------------------------------- cache
@@ -324,3 +342,26 @@ def cached_features(key: str, images: torch.Tensor, extractor: Extractor,
     tensors = {"features": feats.contiguous()} | ({"logits": logits.contiguous()} if logits is not None else {})
     atomic_write(path, save_tensors(tensors, metadata={"format": "pt", "genai.features": key}))
     return feats, logits
+
+
+STATS_FIX = "pass an .npz with 'mu' (D) and 'sigma' (D x D), as pytorch-fid writes, computed with the same network"
+
+
+def read_reference_stats(path: str, dim: int) -> metrics.Statistics:
+    """--ref-stats: a reference's feature mean and covariance from an .npz (never unpickled), checked
+    against the extractor's feature size."""
+    require_regular_file(Path(path), STATS_FIX, UsageError)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            mu, sigma = np.asarray(npz["mu"], dtype=np.float64), np.asarray(npz["sigma"], dtype=np.float64)
+            n = int(npz["n"]) if "n" in npz.files else 0
+    except FileNotFoundError:
+        raise UsageError(f"--ref-stats {path} does not exist; {STATS_FIX}") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--ref-stats {path} is not a statistics file ({printable(err)}); {STATS_FIX}") from None
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise UsageError(f"--ref-stats {path} holds statistics of shape {mu.shape} / {sigma.shape} but the extractor has "
+                         f"{dim} features; {STATS_FIX}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UsageError(f"--ref-stats {path} holds NaN or infinite values; {STATS_FIX}")
+    return metrics.Statistics(mu, sigma, n)

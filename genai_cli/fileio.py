@@ -5,10 +5,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -30,15 +32,40 @@ def atomic_write(path: Path, data: bytes) -> None:
     never a truncated mix.
     """
     path = Path(path)
+    fd, tmp = _temporary(path)
+    with _publishing(tmp, path):
+        _write_synced(fd, data)
+
+
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """`atomic_write` for data written piece by piece (a manifest of a million lines): the file
+    replaces `path` only when the block ends without an error."""
+    path = Path(path)
+    fd, tmp = _temporary(path)
+    with _publishing(tmp, path), os.fdopen(fd, "wb") as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new `.<name>.<random>.tmp` beside `path`, with the permissions open() would give."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as err:
         raise write_error(path, err) from err
+    if hasattr(os, "fchmod"):  # mkstemp makes 0600 files
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, tmp
+
+
+@contextmanager
+def _publishing(tmp: str, path: Path) -> Iterator[None]:
+    """Rename `tmp` over `path` when the block succeeds; on any failure (signals too) remove it."""
     try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; give ours the permissions open() would
-            os.fchmod(fd, 0o666 & ~_UMASK)
-        _write_synced(fd, data)
+        yield
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -100,11 +127,44 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+SPECIAL_FILES = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
+                 (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def special_kind(path: Path) -> str | None:
+    """What `path` is when it exists but is not a regular file (following links), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, or a name the OS cannot take: whoever opens it says so
+        return None
+    return next((name for test, name in SPECIAL_FILES if test(mode)), None if stat.S_ISREG(mode) else "special file")
+
+
+def require_regular_file(path: Path, fix: str, error: type[GenaiError] = GenaiError) -> None:
+    """Refuse a FIFO, device, socket or folder where a file is read: opening a FIFO blocks until
+    someone writes to it, and a device may never end, so the check comes before any open."""
+    if kind := special_kind(path):
+        raise error(f"{path} is a {kind}, not a regular file; {fix}")
+
+
+LOG_FIX = "remove it so genai can keep its log there"
+
+
+def read_log(path: Path) -> str:
+    """A log genai keeps (metrics.jsonl), refused when it is not a regular file."""
+    require_regular_file(path, LOG_FIX)
+    return Path(path).read_text(encoding="utf-8")
+
+
 def append_line(path: Path, line: str) -> None:
     """Append one line (metrics.jsonl); a torn last line is dropped by readers."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-        handle.flush()
+    require_regular_file(path, LOG_FIX)
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+    except OSError as err:
+        raise write_error(path, err) from err
 
 
 def file_sha256(path: Path) -> str:

@@ -7,15 +7,37 @@ they are easy to check against a direct numpy/scipy computation.
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import linalg
 
+PR_K, DC_K, IS_SPLITS = 3, 5, 10  # the papers' defaults, stated in every eval result
+CHUNK = 2048  # rows of a distance matrix held at once: k-NN metrics use memory linear in the set sizes
+
 
 def mean_cov(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     x = features.double().numpy()
     return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """A reference set known only by its feature mean and covariance (pytorch-fid's .npz): all that
+    FID needs. Sized like the feature matrix it summarises, so size checks treat both alike."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int  # images behind the statistics; 0 when the file does not say (taken as enough for a full covariance)
+
+    def __len__(self) -> int:
+        return self.n or len(self.mu) + 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, len(self.mu))
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
@@ -24,10 +46,12 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     A singular product gets a small diagonal offset, and an imaginary part beyond rounding
     is an error rather than silently dropped.
     """
-    covmean = linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(cov1)) * 1e-6
-        covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+    with warnings.catch_warnings():  # fewer samples than dimensions make C1 C2 singular: the caller says so once
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov1 @ cov2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(cov1)) * 1e-6
+            covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"matrix square root has imaginary part {np.max(np.abs(covmean.imag)):.3g}")
@@ -36,8 +60,9 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
 
 
-def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
-    return frechet_distance(*mean_cov(real), *mean_cov(fake))
+def fid(real: torch.Tensor | Statistics, fake: torch.Tensor) -> float:
+    reference = (real.mu, real.sigma) if isinstance(real, Statistics) else mean_cov(real)
+    return frechet_distance(*reference, *mean_cov(fake))
 
 
 def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
@@ -57,7 +82,7 @@ def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size:
     return float(np.mean(values)), float(np.std(values))
 
 
-def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) over `splits` equal parts (Salimans et al. 2016): (mean, std)."""
     probs = torch.softmax(logits.double(), dim=1)
     scores = []
@@ -68,40 +93,47 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _pairwise(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """Euclidean distances, computed in row chunks so 10k x 10k stays within memory."""
-    return torch.cat([torch.cdist(a[i : i + chunk], b) for i in range(0, len(a), chunk)])
-
-
 def _kth_neighbour_radius(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each point to its k-th nearest other point of the same set."""
-    d = _pairwise(x, x)
-    return d.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+    """Distance from each point to its k-th nearest other point of the same set, CHUNK rows at a time."""
+    # +1: the point itself is at distance 0
+    return torch.cat([torch.cdist(x[i : i + CHUNK], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), CHUNK)])
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+def _real_balls(real: torch.Tensor, fake: torch.Tensor, r_real: torch.Tensor,
+                r_fake: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One pass over real×fake distances, CHUNK real rows at a time: per fake point, how many real
+    k-NN balls hold it; per real ball, whether it holds a fake point; per real point, whether some
+    fake ball (radii r_fake) holds it."""
+    counts = torch.zeros(len(fake), dtype=torch.long)
+    covered, recalled = [], []
+    for i in range(0, len(real), CHUNK):
+        d = torch.cdist(real[i : i + CHUNK], fake)
+        inside = d <= r_real[i : i + CHUNK, None]
+        counts += inside.sum(dim=0)
+        covered.append(inside.any(dim=1))
+        if r_fake is not None:
+            recalled.append((d <= r_fake[None, :]).any(dim=1))
+    return counts, torch.cat(covered), torch.cat(recalled) if r_fake is not None else None
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019).
 
     precision: share of generated points inside some real point's k-NN ball;
     recall: share of real points inside some generated point's k-NN ball.
     """
     real, fake = real.float(), fake.float()
-    r_real, r_fake = _kth_neighbour_radius(real, k), _kth_neighbour_radius(fake, k)
-    d = _pairwise(real, fake)  # real x fake
-    precision = (d <= r_real[:, None]).any(dim=0).float().mean()
-    recall = (d <= r_fake[None, :]).any(dim=1).float().mean()
-    return float(precision), float(recall)
+    counts, _, recalled = _real_balls(real, fake, _kth_neighbour_radius(real, k), _kth_neighbour_radius(fake, k))
+    assert recalled is not None
+    return float((counts > 0).float().mean()), float(recalled.float().mean())
 
 
-def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = DC_K) -> tuple[float, float]:
     """Density and coverage (Naeem et al. 2020), with k-NN balls around real points only.
 
     density: mean number of real balls containing each generated point, divided by k;
     coverage: share of real balls that contain at least one generated point.
     """
     real, fake = real.float(), fake.float()
-    r_real = _kth_neighbour_radius(real, k)
-    inside = _pairwise(real, fake) <= r_real[:, None]
-    density = inside.sum(dim=0).float().mean() / k
-    coverage = inside.any(dim=1).float().mean()
-    return float(density), float(coverage)
+    counts, covered, _ = _real_balls(real, fake, _kth_neighbour_radius(real, k))
+    return float(counts.float().mean() / k), float(covered.float().mean())

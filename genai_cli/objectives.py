@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genai_cli.config import TrainConfig
+from genai_cli.data import ImageSource
 from genai_cli.distributed import SINGLE_PROCESS, World, global_slice, wrap
 from genai_cli.models import AdversarialModel, GenerativeModel, VariationalModel
 from genai_cli.runtime import autocast
@@ -111,6 +112,9 @@ class AdversarialObjective:
             "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
         }
 
+    def finish(self, source: ImageSource, device: torch.device) -> None:
+        """Nothing to do once training ends: the generator is what users sample."""
+
     def sampling_model(self) -> GenerativeModel:
         """The model users get: the moving-average generator when there is one."""
         if self.ema is None:
@@ -158,6 +162,19 @@ class ELBOObjective:
 
     def sampling_model(self) -> GenerativeModel:
         return self.model
+
+    @torch.no_grad()
+    def finish(self, source: ImageSource, device: torch.device, batch: int = 500) -> None:
+        """Fit the decoder's prior (if it has one) to the posterior means of every training image."""
+        prior = self.model.decoder.prior
+        if prior is None:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        codes = [self.model.encoder(images.float() / 127.5 - 1, labels if self.model.conditional else None)[0]
+                 for images, labels in source.in_order(batch, device)]
+        self.model.train(was_training)
+        prior.fit(torch.cat(codes))
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
         n, latent = real.shape[0], self.model.latent_dim

@@ -19,7 +19,7 @@ from genai_cli import checkpoint as ckpt
 from genai_cli import console
 from genai_cli.config import Config
 from genai_cli.errors import CheckpointError, UsageError
-from genai_cli.fileio import TEMP_SUFFIX, atomic_write, directory_locked, locked_directory, write_error
+from genai_cli.fileio import TEMP_SUFFIX, atomic_write, directory_locked, locked_directory, read_log, write_error
 
 RUNS_DIR = Path("runs")  # new runs and the `latest` link, relative to the working directory
 LATEST = "latest"
@@ -108,7 +108,7 @@ def announce_latest(model_path: Path) -> None:
     """Say which run `runs/latest` meant, so a user never samples another run than they think."""
     try:
         metadata = ckpt.read_metadata(model_path)
-        what = f"{ckpt.printable(metadata['genai.kind'])}, step {ckpt.printable(metadata.get('genai.step', '?'))}"
+        what = f"{console.printable(metadata['genai.kind'])}, step {console.printable(metadata.get('genai.step', '?'))}"
     except CheckpointError:
         what = "unreadable"  # the command itself reports why, in its own words
     console.info(f"using {shown(model_path.parent.resolve())} (runs/latest; {what})")
@@ -165,7 +165,7 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 
 def listing(entries: list[Path], run_dir: Path, most: int = 3) -> str:
-    names = [ckpt.printable(str(e.relative_to(run_dir))) for e in entries[:most]]
+    names = [console.printable(str(e.relative_to(run_dir))) for e in entries[:most]]
     return ", ".join(names) + (f" and {len(entries) - most} more" if len(entries) > most else "")
 
 
@@ -232,7 +232,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The whole lines of a metrics file; a torn last line from a crash is skipped."""
     rows = []
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_log(path).splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:

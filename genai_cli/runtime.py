@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
@@ -16,9 +17,12 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 def pick_device(requested: str = "auto") -> torch.device:
     """CUDA, then Apple MPS, then CPU; an explicit request must be satisfiable."""
     name = requested.strip().lower()
-    kind = name.split(":")[0]
+    match = re.fullmatch(r"([a-z]+)(?::(\d{1,4}))?", name)
+    kind = match[1] if match else name.split(":")[0]
     if kind not in DEVICE_CHOICES:
         raise UsageError(f"unknown --device {requested!r}; choose one of: {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+    if not match or match[2] is not None and kind != "cuda":
+        raise UsageError(f"--device {requested!r} is not a device; write {kind}" + (" or cuda:N (N a number)" if kind == "cuda" else ""))
     if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

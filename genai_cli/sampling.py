@@ -7,31 +7,67 @@ and then moved to the device, so a seed names the same image on every run and de
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
+from genai_cli.config import check_range
 from genai_cli.console import emit_bytes
 from genai_cli.errors import UsageError
-from genai_cli.fileio import atomic_write, file_sha256
+from genai_cli.fileio import atomic_write, atomic_writer, file_sha256
 from genai_cli.models import GenerativeModel, VariationalModel
+from genai_cli.resources import require_memory
 from genai_cli.runtime import pick_device
 
-SAMPLE_BATCH = 256
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+SAMPLE_BATCH = 256  # images generated (and, for a folder, written) at a time
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'0-99', '3,5,8', '7' or a mix such as '0-3,10' -> list of seeds."""
-    seeds: list[int] = []
+class Seeds(Sequence[int]):
+    """Seeds kept as ranges: `--seeds 0-99999999` costs two numbers, and a chunk of it is a short list."""
+
+    def __init__(self, ranges: list[range]) -> None:
+        self.ranges = [r for r in ranges if len(r)]
+        self._ends = list(itertools.accumulate(len(r) for r in self.ranges))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = bisect.bisect_right(self._ends, index)
+        return self.ranges[k][index - (self._ends[k - 1] if k else 0)]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (list, Seeds)) and list(self) == list(other)
+
+    def extremes(self) -> tuple[int, int]:
+        return min(r[0] for r in self.ranges), max(r[-1] for r in self.ranges)
+
+
+def parse_seeds(text: str) -> Seeds:
+    """'0-99', '3,5,8', '7' or a mix such as '0-3,10' -> the seeds, as ranges."""
+    ranges: list[range] = []
     for part in text.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not match:
@@ -39,11 +75,11 @@ def parse_seeds(text: str) -> list[int]:
         first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
         if last < first:
             raise UsageError(f"--seeds range {first}-{last} runs backwards; write {last}-{first}")
-        seeds.extend(range(first, last + 1))
-    return seeds
+        ranges.append(range(first, last + 1))
+    return Seeds(ranges)
 
 
-def latents(seeds: list[int], latent_dim: int) -> torch.Tensor:
+def latents(seeds: Sequence[int], latent_dim: int) -> torch.Tensor:
     """One N(0, I) latent per seed, on the CPU."""
     out = torch.empty(len(seeds), latent_dim)
     for i, seed in enumerate(seeds):
@@ -98,25 +134,50 @@ def reconstruct(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
         real = images.to(device).float() / 127.5 - 1
         lb = labels.to(device) if labels is not None else None
         mu, _ = model.encoder(real, lb)
-        return imgs.to_uint8(model.decoder(mu, lb)).cpu()
+        return imgs.to_uint8(model.decoder.mean_image(mu, lb)).cpu()
     finally:
         model.train(was_training)
 
 
 @dataclass
 class SamplePlan:
-    """What to generate: one latent per image, its seed, its label, and the grid layout."""
+    """What to generate: a seed per image (its latent, unless `walk` gives the latents), a label
+    per image (one fixed, or runs of `per_class` images per class), and the grid layout. Nothing
+    here grows with the number of images: chunks are drawn as they are generated."""
 
-    z: torch.Tensor
-    seeds: list[int]
-    labels: torch.Tensor | None
+    seeds: Sequence[int]
+    latent_dim: int
     per_row: int
+    label: int | None = None  # every image of this class
+    per_class: int | None = None  # conditional without --label: images k*per_class.. are class k
+    walk: torch.Tensor | None = None  # --interpolate: the latents of the walk
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def chunk(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents and labels of images start..stop-1."""
+        z = self.walk[start:stop] if self.walk is not None else latents(self.seeds[start:stop], self.latent_dim)
+        return z, self.labels_of(start, stop)
+
+    def labels_of(self, start: int, stop: int) -> torch.Tensor | None:
+        if self.label is not None:
+            return torch.full((stop - start,), self.label, dtype=torch.long)
+        return torch.arange(start, stop) // self.per_class if self.per_class else None
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.chunk(0, len(self))[0]
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return self.labels_of(0, len(self))
 
 
 @dataclass
 class SampleBatch:
     images: torch.Tensor  # uint8 N×C×H×W
-    seeds: list[int]
+    seeds: Sequence[int]
     labels: torch.Tensor | None
     per_row: int
 
@@ -130,27 +191,33 @@ def write_npz(batch: SampleBatch, out: Path) -> list[str]:
     buffer = io.BytesIO()
     labels = batch.labels.numpy() if batch.labels is not None else np.full(len(batch.seeds), -1)
     np.savez_compressed(
-        buffer, images=batch.images.permute(0, 2, 3, 1).numpy(), labels=labels, seeds=np.asarray(batch.seeds)
+        buffer, images=batch.images.permute(0, 2, 3, 1).numpy(), labels=labels, seeds=np.asarray(list(batch.seeds))
     )
     atomic_write(out, buffer.getvalue())
     return [str(out)]
 
 
-def write_folder(batch: SampleBatch, out: Path, checkpoint: Path, classes: list[str]) -> list[str]:
-    """One PNG per image plus manifest.jsonl (file, seed, label, checkpoint sha256)."""
+def write_folder(model: GenerativeModel, plan: SamplePlan, device: torch.device, out: Path, checkpoint: Path,
+                 classes: list[str]) -> list[str]:
+    """One PNG per image plus manifest.jsonl (file, seed, label, checkpoint sha256), generated and
+    written SAMPLE_BATCH images at a time, so memory stays flat for any number of images; the
+    manifest (which lists every file) is returned, not the files."""
     sha = file_sha256(checkpoint)
-    files, manifest = [], []
-    for i, seed in enumerate(batch.seeds):
-        label = int(batch.labels[i]) if batch.labels is not None else None
-        name = f"seed{seed:06d}.png" if label is None else f"seed{seed:06d}-class{label}.png"
-        atomic_write(out / name, imgs.image_png(batch.images[i]))
-        files.append(str(out / name))
-        entry = {"file": name, "seed": seed, "label": label, "checkpoint_sha256": sha}
-        if label is not None and label < len(classes):
-            entry["class"] = classes[label]
-        manifest.append(json.dumps(entry))
-    atomic_write(out / "manifest.jsonl", ("\n".join(manifest) + "\n").encode())
-    return files + [str(out / "manifest.jsonl")]
+    manifest = out / "manifest.jsonl"
+    with atomic_writer(manifest) as lines:
+        for start in range(0, len(plan), SAMPLE_BATCH):
+            stop = min(start + SAMPLE_BATCH, len(plan))
+            z, labels = plan.chunk(start, stop)
+            images = generate(model, z, labels, device)
+            for i, seed in enumerate(plan.seeds[start:stop]):
+                label = int(labels[i]) if labels is not None else None
+                name = f"seed{seed:06d}.png" if label is None else f"seed{seed:06d}-class{label}.png"
+                atomic_write(out / name, imgs.image_png(images[i]))
+                entry = {"file": name, "seed": seed, "label": label, "checkpoint_sha256": sha}
+                if label is not None and label < len(classes):
+                    entry["class"] = classes[label]
+                lines.write((json.dumps(entry) + "\n").encode())
+    return [str(manifest)]
 
 
 # ---------------------------------------------------------------- the `sample` command
@@ -201,7 +268,8 @@ def check_output(out: str, kind: str, force: bool) -> None:
 
 
 def plan_batch(req: SampleRequest, model: GenerativeModel, classes: list[str]) -> SamplePlan:
-    """Latents, labels and grid layout for the request (seeds, labels, interpolation)."""
+    """Seeds, labels and grid layout for the request (seeds, labels, interpolation); an output held in
+    memory whole (a grid, an npz, stdout) is refused here when it cannot fit, before anything is drawn."""
     cfg = model.config
     if req.label is not None and not model.conditional:
         raise UsageError(f"--label needs a conditional model (cgan, cvae); this checkpoint is a {cfg.kind}")
@@ -211,67 +279,65 @@ def plan_batch(req: SampleRequest, model: GenerativeModel, classes: list[str]) -
             raise UsageError(f"--steps must be at least 2 for --interpolate, got {req.steps}")
         if model.conditional and label is None:
             raise UsageError("--interpolate on a conditional model needs --label: the class to walk in")
-        _check_seed_range(list(req.interpolate))
-        a, b = req.interpolate
-        z_ab = latents([a, b], model.latent_dim)
-        seeds = [a] * req.steps
-        z = slerp(z_ab[0], z_ab[1], req.steps)
+        _check_seed_range(req.interpolate)
+        n = req.steps
     else:
-        seeds = parse_seeds(req.seeds) if req.seeds else list(range(req.seed, req.seed + (req.n or 64)))
+        seeds: Sequence[int] = parse_seeds(req.seeds) if req.seeds else Seeds([range(req.seed, req.seed + (req.n or 64))])
         if req.n is not None and req.seeds and req.n != len(seeds):
             raise UsageError(f"--n {req.n} disagrees with --seeds ({len(seeds)} seeds); give one of them")
-        _check_seed_range(seeds)
-        z = latents(seeds, model.latent_dim)
-    n = len(seeds)
-    if n < 1:
-        raise UsageError(f"--n must be at least 1, got {req.n}")
+        _check_seed_range(seeds.extremes())
+        n = len(seeds)
+    if output_kind(req.out) != "folder":
+        image_bytes = (cfg.channels or 1) * (cfg.image_size or 1) ** 2
+        require_memory(n * (3 * image_bytes + 4 * model.latent_dim + 16), f"{n} images held at once for {req.out}",
+                       "write them to a folder (--out DIR/, one PNG each, any number) or ask for fewer")
+    walk = None
+    if req.interpolate is not None:
+        ends = latents(list(req.interpolate), model.latent_dim)
+        walk = slerp(ends[0], ends[1], req.steps)
+        seeds = [req.interpolate[0]] * req.steps
     per_row = req.per_row or (n if req.interpolate else max(1, math.ceil(math.sqrt(n))))
-    labels = None
-    if model.conditional:
-        if label is not None:
-            labels = torch.full((n,), label, dtype=torch.long)
-        else:
-            labels, rows = class_rows(n, cfg.num_classes)
-            per_row = req.per_row or rows
-    return SamplePlan(z, seeds, labels, per_row)
+    per_class = None
+    if model.conditional and label is None:
+        per_class = math.ceil(n / cfg.num_classes)
+        per_row = req.per_row or per_class
+    return SamplePlan(seeds, model.latent_dim, per_row, label, per_class, walk)
 
 
-def _check_seed_range(seeds: list[int]) -> None:
-    low, high = SEED_RANGE
-    bad = [s for s in (min(seeds, default=0), max(seeds, default=0)) if not low <= s <= high]
-    if bad:
-        raise UsageError(f"seed {bad[0]} is out of range; seeds go from {low} to {high}")
+def _check_seed_range(extremes: Sequence[int]) -> None:
+    for seed in extremes:
+        check_range("--seed", seed)
 
 
 def run_sample(req: SampleRequest) -> dict:
     """Generate and write samples; returns the JSON summary of what was written."""
     kind = output_kind(req.out)
     check_output(req.out, kind, req.force)
-    if req.n is not None and req.n < 1:
-        raise UsageError(f"--n must be at least 1, got {req.n}")
-    if req.per_row is not None and req.per_row < 1:
-        raise UsageError(f"--nrow must be at least 1, got {req.per_row}")
+    check_range("--n", req.n)
+    check_range("--nrow", req.per_row)
+    if req.interpolate is not None and kind == "folder":
+        raise UsageError("--interpolate writes a grid: use --out NAME.png, NAME.npz or -")
     device = pick_device(req.device)
     model, loaded = ckpt.load_model(req.checkpoint, device)
     classes = loaded.config.data.classes
     plan = plan_batch(req, model, classes)
-    if req.interpolate is not None and kind == "folder":
-        raise UsageError("--interpolate writes a grid: use --out NAME.png, NAME.npz or -")
-    batch = SampleBatch(generate(model, plan.z, plan.labels, device), plan.seeds, plan.labels, plan.per_row)
     out = Path(req.out)
-    if kind == "stdout":
-        emit_bytes(imgs.png_bytes(imgs.grid(batch.images, batch.per_row)))
-        files = ["-"]
-    elif kind == "grid":
-        files = write_grid(batch, out)
-    elif kind == "npz":
-        files = write_npz(batch, out)
+    if kind == "folder":
+        files = write_folder(model, plan, device, out, loaded.path, classes)
     else:
-        files = write_folder(batch, out, loaded.path, classes)
+        z, labels = plan.chunk(0, len(plan))
+        batch = SampleBatch(generate(model, z, labels, device), plan.seeds, labels, plan.per_row)
+        if kind == "stdout":
+            emit_bytes(imgs.png_bytes(imgs.grid(batch.images, batch.per_row)))
+            files = ["-"]
+        elif kind == "grid":
+            files = write_grid(batch, out)
+        else:
+            files = write_npz(batch, out)
     return {
         "checkpoint": str(loaded.path),
         "kind": loaded.config.model.kind,
-        "n": len(batch.seeds),
+        "n": len(plan),
         "files": files,
         "device": str(device),
     }

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from genai_cli import __version__, console, distributed, rundir, sampling
+from genai_cli import __version__, console, distributed, resources, rundir, sampling
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
-from genai_cli.config import Config, validate_train
+from genai_cli.config import Config, validate_model, validate_train
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.distributed import SINGLE_PROCESS, World
 from genai_cli.errors import CheckpointError, ExitCode, Interrupted, TrainingDiverged, UsageError
@@ -94,21 +94,23 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     """Fill family defaults and dataset facts so the stored config is complete."""
     model, data, train = config.model, config.data, config.train
     model.kind = spec.name
-    model.latent_dim = model.latent_dim or spec.latent_dim
+    model.latent_dim = spec.latent_dim if model.latent_dim is None else model.latent_dim
     model.channels, model.image_size = source.channels, source.image_size
     model.num_classes = len(source.classes) if spec.conditional else 0
     data.classes = list(source.classes)
-    train.lr = train.lr or spec.lr
+    train.lr = spec.lr if train.lr is None else train.lr
     train.lr_decay_start = spec.lr_decay_start if train.lr_decay_start is None else train.lr_decay_start
     train.beta1 = spec.beta1 if train.beta1 is None else train.beta1
     train.ema = spec.ema if train.ema is None else train.ema
     if spec.conditional and not source.labelled:
         raise UsageError(f"--model {spec.name} needs labelled data but {source.name} has no classes; "
                          "use class sub-folders or an unconditional model")
+    model.prior = spec.prior if model.prior is None else model.prior
+    if model.prior not in (spec.prior, "standard"):
+        raise UsageError(f"--prior {model.prior!r} is not available for --model {spec.name}; it has: "
+                         + ", ".join(dict.fromkeys(("standard", spec.prior))))
     if model.norm not in NORMS:
         raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {model.norm!r}")
-    if model.latent_dim < 1 or model.width < 1:
-        raise UsageError("--latent-dim and --width must be at least 1")
     return config
 
 
@@ -265,6 +267,7 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
     state = ckpt.load_training_state(rundir.real_run_dir(resume)) if resume else None
     base = state.checkpoint.config if state else Config()
     config = apply_flags(base, flags, resuming=state is not None)
+    validate_model(config.model)
     validate_train(config.train)
     spec = MODELS.get(config.model.kind)
     device = pick_device(config.train.device)
@@ -275,12 +278,13 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
         raise UsageError(f"--batch-size {batch} does not split evenly over {world.size} processes; "
                          f"use a multiple of {world.size}")
     source.batches_per_epoch(batch // world.size, world.size)  # raises when the batch exceeds the data
+    resources.require_training_fits(spec, config.model, batch // world.size, device)
     return Plan(config, spec, device, source, state, world)
 
 
-def resolve(flags: dict[str, Any], resume: str | None = None) -> Config:
-    """The complete config a `train` call would use (for --dry-run)."""
-    return plan_run(flags, resume).config
+def resolve(flags: dict[str, Any], resume: str | None = None, world: World = SINGLE_PROCESS) -> Config:
+    """The complete config a `train` call would use (for --dry-run, and checked by the torchrun launcher)."""
+    return plan_run(flags, resume, world).config
 
 
 def build_model(plan: Plan, device: torch.device) -> GenerativeModel:
@@ -395,6 +399,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
     with StopRequest() as stop, console.step_progress(session.total_steps, session.step, cfg.train.log_every) as progress:
         final_losses = run_steps(session, stop, progress, fixed_z, fixed_labels, per_row)
     seconds = time.perf_counter() - started
+    session.objective.finish(session.source, session.device)
     model_path = session.save()
     if main:
         write_sample_grid(session, fixed_z, fixed_labels, per_row)

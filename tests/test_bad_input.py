@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import struct
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from genai_cli import checkpoint as ck
-from genai_cli import console, fileio
+from genai_cli import console, export, fileio
 from genai_cli.cli import app
 
 TINY = {"width": "8", "image_size": "16", "batch_size": "8", "steps": "1", "log_every": "1"}  # tiny models only
@@ -204,6 +205,58 @@ def non_image_files(name: str) -> Setup:
     return setup
 
 
+def fifo(name: str) -> Setup:
+    """A named pipe at `name` (nobody ever writes to it: opening it to read blocks forever)."""
+    def setup(ctx: Ctx) -> None:
+        (ctx.tmp / name).unlink(missing_ok=True)
+        os.mkfifo(ctx.tmp / name)
+        hang_guard(ctx)
+    return setup
+
+
+class Hang(BaseException):
+    """Raised by SIGALRM in a row that would otherwise block forever (a BaseException: no `except Exception` hides it)."""
+
+
+def hang_guard(ctx: Ctx, seconds: float = 120) -> None:
+    """A row that would block forever (reading a FIFO) fails after `seconds` instead of hanging the suite."""
+    def hang(signum, frame):
+        raise Hang(f"the command blocked for {seconds} s")
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    ctx.cleanups.append(lambda: (signal.setitimer(signal.ITIMER_REAL, 0), signal.signal(signal.SIGALRM, previous)))
+
+
+def signal_during(owner: object, name: str, signum: int, after: bool = True) -> Setup:
+    """`owner.name` sends `signum` to this process (after doing its work, or before): a signal in mid-command.
+    Without a genai handler SIGTERM would kill the test process, so that case fails the row instead."""
+    def setup(ctx: Ctx) -> None:
+        real = getattr(owner, name)
+
+        def signalled(*args, **kwargs):
+            assert signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None), \
+                f"genai has no {signal.Signals(signum).name} handler: the process would die without cleaning up"
+            result = real(*args, **kwargs) if after else None
+            os.kill(os.getpid(), signum)
+            return result if after else real(*args, **kwargs)
+        ctx.monkeypatch.setattr(owner, name, signalled)
+    return setup
+
+
+CONTROL_CLASS = "\x1b[2J\nboom"  # clears the terminal and starts a line of its own when printed raw
+
+
+def cgan_with_control_characters(ctx: Ctx) -> None:
+    """cgan-run/ whose first class name holds a terminal escape sequence and a newline."""
+    cgan_run(ctx)
+    path = ctx.tmp / "cgan-run" / ck.MODEL_FILE
+    meta, _, _ = ck.read_header(path)
+    config = json.loads(meta["genai.config"])
+    config["data"]["classes"][0] = CONTROL_CLASS
+    meta["genai.config"], meta["genai.classes"] = json.dumps(config), json.dumps(config["data"]["classes"])
+    path.write_bytes(save_tensors(load_tensors(path.read_bytes()), metadata=meta))
+
+
 # ---------------------------------------------------------------- setups: damaged checkpoints
 
 
@@ -252,6 +305,14 @@ def pickled(src: Path, dest: Path) -> None:
 
 def directory(src: Path, dest: Path) -> None:
     dest.mkdir()
+
+
+def named_pipe(src: Path, dest: Path) -> None:
+    os.mkfifo(dest)
+
+
+def device_link(src: Path, dest: Path) -> None:
+    dest.symlink_to("/dev/zero")  # endless zeros
 
 
 def edited(metadata: Callable[[dict], None] | None = None, tensors: Callable[[dict], None] | None = None) -> Damage:
@@ -319,6 +380,11 @@ def checkpoint_unchanged(ctx: Ctx) -> None:
         assert sha256(ctx.tmp / "run" / name) == sha256(ctx.runs["dcgan"] / name), name
 
 
+def model_card_escaped(path: Path) -> None:
+    card = path.read_text()
+    assert "\\x1b[2J\\nboom" in card and "\x1b" not in card, card
+
+
 def run_written(ctx: Ctx) -> None:
     assert (ctx.tmp / "runs" / "latest" / ck.MODEL_FILE).is_file(), "the run was not written"
 
@@ -351,12 +417,18 @@ DAMAGED = [
     ("pickle-renamed", pickled, r"truncated or not a safetensors file \(header claims", CKPT_FIX, "sir"),
     ("directory-instead-of-file", directory, r"is a directory", r"pass a run directory or a \.safetensors file",
      "sir"),
+    ("fifo-instead-of-file", named_pipe, r"is a FIFO \(named pipe\), not a regular file",
+     r"pass a run directory or a \.safetensors file", "sirex"),
+    ("device-instead-of-file", device_link, r"is a character device, not a regular file",
+     r"pass a run directory or a \.safetensors file", "sirex"),
 ]
 FOUND_AT_LOAD = {"tensor-wrong-shape", "tensor-wrong-dtype"}  # --resume has loaded (and logged) the dataset by then
 COMMANDS = {
     "s": ("sample", ck.MODEL_FILE, ("sample", "--checkpoint", "run", "--out", "x.png")),
     "i": ("info", ck.MODEL_FILE, ("info", "run")),
     "r": ("resume", ck.STATE_FILE, ("train", "--resume", "run")),
+    "e": ("eval", ck.MODEL_FILE, ("eval", "--checkpoint", "run")),
+    "x": ("export", ck.MODEL_FILE, ("export", "--checkpoint", "run", "--out", "slim")),
 }
 
 
@@ -371,6 +443,8 @@ def checkpoint_cases() -> list[Case]:
             check = None
             if damage in (huge_header, huge_header_in_a_huge_file):
                 setup, check = setup + (trace_allocations,), small_peak
+            if damage is named_pipe:
+                setup += (hang_guard,)
             cases.append(Case(f"checkpoint/{name}/{command}", setup, argv, 1, P + re.escape(file) + " .*" + problem, fix,
                               check=check, logs=command == "resume" and name in FOUND_AT_LOAD))
     return cases
@@ -435,6 +509,104 @@ CASES: list[Case] = [
          r"--image-size 5 cannot be built by a conv model", r"use s \* 2\^k with s in 4\.\.7", logs=True),
     Case("flags/train-image-size-100000", (fashion,), train(FASHION, image_size="100000"), 2,
          r"image size must be between 1 and \d+ pixels, got 100000", r"choose an --image-size in that range"),
+    # every value is checked before work starts: its range in one line, never an internal error or a silent change
+    *[Case(f"flags/train-{flag}-{value}", (fashion,), train(FASHION, **{flag.replace("-", "_"): value}), 2,
+           rf"--{flag} must be {problem}, got {re.escape(value)}", fix)
+      for flag, value, problem, fix in [
+          ("beta1", "1.5", r"in \[0, 1\)", r"in \[0, 1\)"),
+          ("beta1", "nan", r"a finite number \(in \[0, 1\)\)", r"in \[0, 1\)"),
+          ("beta1", "-0.1", r"at least 0", r"valid in \[0, 1\)"),
+          ("ema", "nan", r"a finite number \(in \[0, 1\)\)", r"in \[0, 1\)"),
+          ("ema", "1.0", r"in \[0, 1\)", r"in \[0, 1\)"),
+          ("lr", "nan", r"a finite number \(in \(0, 1\)\)", r"in \(0, 1\)"),
+          ("lr", "inf", r"a finite number \(in \(0, 1\)\)", r"in \(0, 1\)"),
+          ("lr-d", "0.0", r"positive", r"valid in \(0, 1\)"),
+          ("beta", "-1", r"at least 0", r"valid in \[0, 10000\]"),
+          ("beta", "inf", r"a finite number \(in \[0, 10000\]\)", r"in \[0, 10000\]"),
+          ("beta", "nan", r"a finite number \(in \[0, 10000\]\)", r"in \[0, 10000\]"),
+          ("latent-dim", "0", r"at least 1", r"valid in \[1, 4096\]"),
+          ("latent-dim", "1000000000", r"in \[1, 4096\]", r"in \[1, 4096\]"),
+          ("width", "0", r"at least 1", r"valid in \[1, 1024\]"),
+          ("width", "100000", r"in \[1, 1024\]", r"in \[1, 1024\]"),
+          ("seed", str(2**64), r"in \[0, 18446744073709551615\]", r"in \[0, 18446744073709551615\]"),
+          ("seed", "-1", r"at least 0", r"valid in \[0, 18446744073709551615\]"),
+          ("save-every", "0", r"at least 1", r"at least 1"),
+          ("log-every", "0", r"at least 1", r"at least 1"),
+          ("batch-size", "1000000", r"in \[1, 65536\]", r"in \[1, 65536\]"),
+      ]],
+    Case("flags/train-nproc-per-node-0", (fashion,), train(FASHION, nproc_per_node="0"), 2,
+         r"--nproc-per-node must be at least 1, got 0", r"valid in \[1, 1024\]"),
+    Case("flags/train-nnodes-not-a-count", (fashion,), train(FASHION, nproc_per_node="2", nnodes="two"), 2,
+         r"--nnodes 'two' is not a machine count", r"write N or MIN:MAX"),
+    Case("flags/train-device-cpu-x", (fashion,), train(FASHION, device="cpu:x"), 2,
+         r"--device 'cpu:x' is not a device", r"write cpu"),
+    Case("flags/sample-device-cuda-x", (dcgan_run,), ("sample", "--checkpoint", "run", "--device", "cuda:x", "--out", "x.png"),
+         2, r"--device 'cuda:x' is not a device", r"write cuda or cuda:N"),
+    Case("flags/sample-seed-negative", (dcgan_run,), ("sample", "--checkpoint", "run", "--seed", "-1", "--out", "x.png"), 2,
+         r"--seed must be at least 0, got -1", r"valid in \[0, 18446744073709551615\]"),
+    *[Case(f"flags/{command}-{flag.strip('-')}-empty", setup, argv, 2, rf"{flag} is empty", r"give a path, or leave the flag out")
+      for command, flag, setup, argv in [
+          ("train", "--out", (fashion,), train(FASHION, out="")),
+          ("train", "--data", (fashion,), train(("--data", ""))),
+          ("train", "--resume", (dcgan_run,), ("train", "--resume", "")),
+          ("sample", "--out", (dcgan_run,), ("sample", "--checkpoint", "run", "--out", "")),
+          ("sample", "--checkpoint", (dcgan_run,), ("sample", "--checkpoint", "", "--out", "x.png")),
+          ("export", "--out", (dcgan_run,), ("export", "--checkpoint", "run", "--out", "")),
+          ("eval", "--checkpoint", (dcgan_run,), ("eval", "--checkpoint", "")),
+          ("eval", "--images", (dcgan_run,), ("eval", "--images", "", "--data", "fashion-mnist")),
+          ("eval", "--data", (dcgan_run,), ("eval", "--checkpoint", "run", "--data", "")),
+          ("info", "PATH", (dcgan_run,), ("info", "")),
+      ]],
+    Case("flags/eval-n-1", (dcgan_run,), ("eval", "--checkpoint", "run", "--n", "1"), 2,
+         r"--n must be at least 2, got 1", r"at least 2"),
+    Case("flags/eval-iw-samples-0", (dcgan_run,), ("eval", "--checkpoint", "run", "--iw-samples", "0"), 2,
+         r"--iw-samples must be at least 1, got 0", r"valid in \[1, 100000\]"),
+    Case("flags/eval-iw-samples-negative", (dcgan_run,), ("eval", "--checkpoint", "run", "--iw-samples", "-5"), 2,
+         r"--iw-samples must be at least 1, got -5", r"valid in \[1, 100000\]"),
+    Case("flags/eval-seed-range-past-the-last-seed", (dcgan_run,),
+         ("eval", "--checkpoint", "run", "--n", "10", "--seed", str(2**64 - 5)), 2,
+         r"--seed must be in \[0, 18446744073709551615\], got 18446744073709551620", r"in \[0, "),
+    # ------------------------------------------------------------ eval gates: one that cannot be computed never passes
+    *[Case(f"flags/eval-gate-{name}", (run_setup,), ("eval", "--checkpoint", run_dir, *extra, "--fail-if", gate), 2, problem, fix)
+      for name, run_setup, run_dir, extra, gate, problem, fix in [
+          ("elbo-on-a-gan", dcgan_run, "run", (), "elbo<3", r"--fail-if elbo<3: elbo never applies when scoring a dcgan",
+           r"needs a VAE \(vae, cvae\): remove the gate"),
+          ("acc-on-an-unconditional-model", dcgan_run, "run", (), "acc<0.9", r"acc never applies when scoring a dcgan",
+           r"needs a conditional model \(cgan, cvae\): remove the gate"),
+          ("intra-fid-on-an-unconditional-model", dcgan_run, "run", (), "intra_fid>30", r"intra_fid never applies",
+           r"needs a conditional model"),
+          ("metric-left-out-of-metrics", cgan_run, "cgan-run", ("--metrics", "fid"), "kid>1",
+           r"kid is not computed with --metrics fid", r"add kid to --metrics or remove the gate"),
+          ("unknown-metric", dcgan_run, "run", (), "fidd>3", r"unknown metric 'fidd'", r"choose from: fid, kid"),
+          ("threshold-not-a-number", dcgan_run, "run", (), "fid>1.2.3", r"'fid>1\.2\.3' is not a gate",
+           r"a finite number, e\.g\. \"fid>30\""),
+          ("threshold-infinite", dcgan_run, "run", (), "fid<1e999", r"'fid<1e999' is not a gate", r"a finite number"),
+      ]],
+    # ------------------------------------------------------------ class-based metrics need the model's classes
+    Case("eval/reference-with-other-classes", (cgan_run, image_folder("pics")), ("eval", "--checkpoint", "cgan-run", "--data", "pics"),
+         2, r"--data pics has 2 classes \(cat, dog\) but the model was trained on 10 \(T-shirt/top, Trouser, Pullover, \.\.\.\)",
+         r"use its dataset, or ask only for class-free metrics with --metrics fid,kid,is,pr,dc", logs=True),
+    Case("eval/reference-with-other-classes-asked-for-acc", (cgan_run, image_folder("pics")),
+         ("eval", "--checkpoint", "cgan-run", "--data", "pics", "--metrics", "acc"), 2,
+         r"has 2 classes .* trained on 10", r"--metrics fid,kid,is,pr,dc", logs=True),
+    # ------------------------------------------------------------ resources: refused up front, with the estimate and the limit
+    *[Case(f"resources/{name}", (dcgan_run,), argv, 2, problem + r" need about [\d.]+ GiB of memory, above the [\d.]+ GiB usable here",
+           fix) for name, argv, problem, fix in [
+          ("sample-a-billion-into-a-grid", ("sample", "--checkpoint", "run", "--n", "1000000000", "--out", "x.png"),
+           r"1000000000 images held at once for x\.png", r"write them to a folder \(--out DIR/"),
+          ("sample-a-billion-to-stdout", ("sample", "--checkpoint", "run", "--n", "1000000000", "--out", "x.npz"),
+           r"1000000000 images held at once for x\.npz", r"or ask for fewer"),
+          ("sample-seeds-0-99999999", ("sample", "--checkpoint", "run", "--seeds", "0-99999999", "--out", "x.png"),
+           r"100000000 images held at once for x\.png", r"write them to a folder"),
+          ("sample-interpolate-10-million-steps",
+           ("sample", "--checkpoint", "run", "--interpolate", "0", "1", "--steps", "100000000", "--out", "x.png"),
+           r"100000000 images held at once for x\.png", r"write them to a folder"),
+          ("eval-a-billion", ("eval", "--checkpoint", "run", "--n", "1000000000"),
+           r"1000000000 generated images with their features", r"use a smaller --n"),
+      ]],
+    Case("resources/train-image-size-1024", (fashion,), train(FASHION, image_size="1024", width="64", batch_size="64"), 2,
+         r"training steps of 64 images of 1024x1024 at --width 64 need about [\d.]+ GiB of memory",
+         r"use a smaller --batch-size, --width or --image-size", logs=True),
     Case("flags/label-out-of-range", (cgan_run,), ("sample", "--checkpoint", "cgan-run", "--label", "10", "--out", "x.png"),
          2, r"--label '10' is not a class of this model", r"choose one of: 0=T-shirt/top, .*9=Ankle boot"),
     Case("flags/label-on-unconditional-model", (dcgan_run,),
@@ -490,6 +662,47 @@ CASES: list[Case] = [
          ("export", "--checkpoint", "run", "--out", "slim", "--force"), 1,
          r"cannot write slim/model\.safetensors: No space left on device",
          r"free disk space and run again \(the previous file, if any, is unchanged\)"),
+    Case("fs/fifo-as-inception-weights", (dcgan_run, fifo("w.pt")),
+         ("eval", "--checkpoint", "run", "--features", "inception", "--inception-weights", "w.pt"), 2,
+         r"w\.pt is a FIFO \(named pipe\), not a regular file", r"pass the Inception weights file itself"),
+    Case("fs/fifo-as-dataset-file", (fashion, fifo("datasets/FashionMNIST/raw/train-labels-idx1-ubyte")),
+         train(FASHION), 1, r"train-labels-idx1-ubyte is a FIFO \(named pipe\), not a regular file",
+         r"replace it with the dataset file"),
+    Case("fs/fifo-as-metrics-log/train", (fashion, empty_dir("run"), fifo("run/metrics.jsonl")), train(FASHION, out="run"),
+         2, r"run is not empty and holds no genai run \(metrics\.jsonl\)", r"choose a new or empty --out, or pass --force", logs=True),
+    Case("fs/fifo-as-metrics-log/resume", (dcgan_run, fifo("run/metrics.jsonl")), ("train", "--resume", "run", "--steps", "4"),
+         1, r"run/metrics\.jsonl is a FIFO \(named pipe\), not a regular file", r"remove it so genai can keep its log there",
+         logs=True),
+    # ------------------------------------------------------------ signals: every command cleans up on SIGINT and SIGTERM
+    Case("signal/sigterm-during-export-check", (dcgan_run, a_file("slim/keep.txt"),
+                                                signal_during(export, "max_abs_diffs", signal.SIGTERM)),
+         ("export", "--checkpoint", "run", "--out", "slim", "--force"), 143, r"^error: terminated \(SIGTERM\)$", None),
+    Case("signal/sigint-during-export-check", (dcgan_run, a_file("slim/keep.txt"),
+                                               signal_during(export, "max_abs_diffs", signal.SIGINT)),
+         ("export", "--checkpoint", "run", "--out", "slim", "--force"), 130, r"^error: interrupted$", None),
+    Case("signal/sigterm-while-writing-an-export", (dcgan_run, signal_during(fileio, "_write_synced", signal.SIGTERM)),
+         ("export", "--checkpoint", "run", "--out", "g.pt2"), 143, r"^error: terminated \(SIGTERM\)$", None),
+    Case("signal/sigterm-while-writing-a-sample", (dcgan_run, a_file("x.png"),
+                                                   signal_during(fileio, "_write_synced", signal.SIGTERM)),
+         ("sample", "--checkpoint", "run", "--out", "x.png", "--force"), 143, r"^error: terminated \(SIGTERM\)$", None),
+    Case("signal/sigterm-while-writing-a-sample-folder", (dcgan_run, signal_during(fileio, "_write_synced", signal.SIGTERM)),
+         ("sample", "--checkpoint", "run", "--out", "imgs", "--n", "3"), 143, r"^error: terminated \(SIGTERM\)$", None,
+         writes=True),
+    Case("signal/sigterm-while-writing-eval-features", (dcgan_run, signal_during(fileio, "_write_synced", signal.SIGTERM)),
+         ("eval", "--checkpoint", "run", "--n", "10"), 143, r"^error: terminated \(SIGTERM\)$", None, writes=True,
+         logs=True),
+    # ------------------------------------------------------------ strings from files are data, never terminal commands
+    Case("terminal/control-characters-in-a-class-name", (cgan_with_control_characters,),
+         ("sample", "--checkpoint", "cgan-run", "--label", "nope", "--out", "x.png"), 2,
+         r"--label 'nope' is not a class of this model", r"choose one of: 0=\\x1b\[2J\\nboom, 1=Trouser"),
+    Case("terminal/control-characters-in-a-path", (), ("sample", "--checkpoint", "no\x1b[2J\npe", "--out", "x.png"), 1,
+         r"checkpoint no\\x1b\[2J\\npe does not exist", r"pass a run directory or a model\.safetensors file"),
+    Case("terminal/control-characters-in-a-class-folder", (image_folder("pics", n=4), empty_dir("pics/\x1b[2Jbird")),
+         train_pics(), 0, r"^warning: ignoring class folder\(s\) without images in pics: \\x1b\[2Jbird$", None,
+         writes=True, check=run_written),
+    Case("terminal/control-characters-in-the-model-card", (cgan_with_control_characters,),
+         ("export", "--checkpoint", "cgan-run", "--out", "slim"), 0, r"^$", None, writes=True,
+         check=lambda ctx: model_card_escaped(ctx.tmp / "slim" / "README.md")),
     Case("fs/latest-points-nowhere/sample", (dangling_latest,), ("sample", "--out", "x.png"), 1,
          r"no checkpoint given and the runs/latest link points nowhere",
          r"train one with `genai train` or pass --checkpoint"),
@@ -518,6 +731,8 @@ def snapshot(root: Path) -> dict[str, str]:
             state[name] = "-> " + os.readlink(path)
         elif path.is_dir():
             state[name] = "dir"
+        elif not path.is_file():  # a FIFO or device: reading it would block
+            state[name] = "special"
         elif path.stat().st_size > BIG_FILE:
             state[name] = f"{path.stat().st_size} bytes, mtime {path.stat().st_mtime_ns}"
         else:

@@ -418,3 +418,17 @@ def test_train_run_directories_latest_and_default_sampling(idx_root: Path, tmp_p
     latest_images, one, two = (np.load(n)["images"] for n in ("latest.npz", "one.npz", "two.npz"))
     assert np.array_equal(latest_images, two)
     assert not np.array_equal(latest_images, one)
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 62914560000 bytes."),
+                                   __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 60.00 GiB")])
+def test_running_out_of_memory_is_one_line_with_what_to_ask_for(monkeypatch, tmp_path: Path, error: Exception):
+    from genai_cli import training
+
+    def step(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(training, "train", step)
+    result = invoke("train", "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, 1, "out of memory")
+    assert "a smaller --batch-size, --width or --image-size" in result.stderr and "internal error" not in result.stderr

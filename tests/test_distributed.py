@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import torch
 from conftest import make_idx_dataset
 from safetensors.torch import load_file
 
+from genai_cli import checkpoint as ckpt
 from genai_cli import distributed
 from genai_cli.distributed import World
 from genai_cli.errors import UsageError
@@ -78,5 +82,81 @@ def test_launcher_builds_a_torchrun_command_without_its_own_flags() -> None:
     assert ["--rdzv-endpoint", "head:29400"] == multi[multi.index("--rdzv-endpoint"):][:2]
     with pytest.raises(UsageError, match="--rdzv-endpoint"):
         distributed.torchrun_command([], 4, "2", None)
-    with pytest.raises(UsageError, match="--nproc-per-node"):
-        distributed.torchrun_command([], 0, "1", None)
+    for bad in (0, -1, 5000):
+        with pytest.raises(UsageError, match="--nproc-per-node"):
+            distributed.torchrun_command([], bad, "1", None)
+    for nodes in ("0", "two", "1:", "-1"):
+        with pytest.raises(UsageError, match="--nnodes"):
+            distributed.torchrun_command([], 2, nodes, "head:29400")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc), found through parent links."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux /proc")
+def test_sigterm_to_the_launcher_stops_torchrun_and_every_worker_with_a_checkpoint(tmp_path: Path) -> None:
+    make_idx_dataset(tmp_path / "data", n_train=256)
+    run = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "genai_cli", "train", *TINY_VAE, "--data-dir", str(tmp_path / "data"),
+                                 "--steps", "100000", "--log-every", "1", "--save-every", "100000", "--out", str(run),
+                                 "--nproc-per-node", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "GENAI_OFFLINE": "1"})
+    below: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read() if launcher.stderr else ""
+            time.sleep(0.2)
+        below = descendants(launcher.pid)
+        assert len(below) >= 3, below  # torchrun and two workers
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=120)
+        assert launcher.returncode == 143, err.decode()
+        assert not [pid for pid in below if alive(pid)], "torchrun or a worker outlived the launcher"
+        assert "--resume" in err.decode()
+        assert ckpt.load_training_state(run).checkpoint.step >= 1
+    finally:
+        for pid in below | {launcher.pid}:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--beta1", "1.5"], r"--beta1 must be in \[0, 1\), got 1\.5"),
+    (["--latent-dim", "0"], r"--latent-dim must be at least 1, got 0"),
+    (["--device", "cpu:x"], r"--device 'cpu:x' is not a device"),
+    (["--out", ""], r"--out is empty"),
+    (["--batch-size", "33"], r"--batch-size 33 does not split evenly over 2 processes"),
+])
+def test_the_launcher_checks_every_value_before_starting_torchrun(tmp_path: Path, flags: list[str], message: str) -> None:
+    """One error line and exit 2 from the launcher itself, not torchrun's traceback of a failed worker."""
+    make_idx_dataset(tmp_path / "data")
+    proc = subprocess.run([sys.executable, "-m", "genai_cli", "train", *TINY_VAE, "--data-dir", str(tmp_path / "data"),
+                           "--steps", "2", "--nproc-per-node", "2", *flags], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "GENAI_OFFLINE": "1"}, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    *logs, last = proc.stderr.splitlines()
+    assert last.startswith("error: ") and re.search(message, last), proc.stderr
+    assert not [line for line in logs if line.startswith(("error:", "warning:", " ", "Traceback"))], proc.stderr
+    assert "torch.distributed" not in proc.stderr

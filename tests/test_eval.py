@@ -208,3 +208,158 @@ def test_json_output_writes_non_finite_numbers_as_null() -> None:
     from genai_cli.console import json_safe
 
     assert json_safe({"is": float("nan"), "per_class": [1.0, float("inf")], "n": 3}) == {"is": None, "per_class": [1.0, None], "n": 3}
+
+
+# ---------------------------------------------------------------- gates on metrics that could not be computed (issue 12, item 8)
+
+
+def run_cli_all(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("gate", ["intra_fid>30", "intra_fid<30", "precision>0.5", "is<1"])
+def test_a_gate_on_a_metric_that_was_not_computed_fails_with_its_reason(eval_runs: dict[str, Path], gate: str) -> None:
+    """--n 3 is too few for intra-class FID (per class), precision/recall (k+1 = 4) and IS (10 splits):
+    whichever way the gate points, a metric without a number fails it."""
+    result = run_cli_all("eval", "-c", str(eval_runs["cgan"]), "--n", "3", "--fail-if", gate, "--json")
+    assert result.exit_code == 3, result.stderr
+    verdict = json.loads(result.stdout)["gates"][0]
+    assert verdict["passed"] is False and verdict["value"] is None and verdict["reason"].startswith("not computed: ")
+    assert f"quality gate failed: {gate} (not computed: " in result.stderr
+
+
+# ---------------------------------------------------------------- small or odd allowed inputs (item 9)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_few_images_compute_what_is_defined_and_say_what_is_not(eval_runs: dict[str, Path], n: int) -> None:
+    result = run_cli_all("eval", "-c", str(eval_runs["cgan"]), "--n", str(n), "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["metrics"]["fid"] is not None and report["metrics"]["kid"] is not None
+    assert report["metrics"]["is"] is None and "needs at least 10 images" in report["not_computed"]["is"]
+    assert report["metrics"]["density"] is None and "needs at least 6 images in each set" in report["not_computed"]["density"]
+    assert (report["metrics"]["precision"] is None) is (n < 4)
+    assert "internal error" not in result.stderr and "LinAlgWarning" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len([w for w in warnings if "singular covariance" in w]) == 1, result.stderr
+
+
+def test_a_folder_of_one_image_is_scored_as_far_as_it_can_be(eval_runs: dict[str, Path], tmp_path: Path) -> None:
+    assert run_cli("sample", "-c", str(eval_runs["dcgan"]), "--n", "1", "--out", str(tmp_path / "one"))[0] == 0
+    result = run_cli_all("eval", "--images", str(tmp_path / "one"), "--data", "fashion-mnist", "--data-dir",
+                         str(eval_runs["root"]), "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert all(value is None for value in report["metrics"].values()), report["metrics"]
+    assert set(report["not_computed"]) == {"fid", "kid", "is", "precision", "recall", "density", "coverage"}
+
+
+def test_fid_below_the_feature_dimension_raises_no_scipy_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(metrics.fid(gaussian(5, 64), gaussian(5, 64, seed=1)))
+
+
+def test_knn_metrics_in_chunks_equal_the_whole_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    real, fake = gaussian(70, 4), gaussian(50, 4, shift=0.3, seed=1)
+    whole = metrics.precision_recall(real, fake), metrics.density_coverage(real, fake)
+    monkeypatch.setattr(metrics, "CHUNK", 7)
+    assert (metrics.precision_recall(real, fake), metrics.density_coverage(real, fake)) == whole
+
+
+# ---------------------------------------------------------------- a damaged classifier cache (item 10)
+
+
+def _damage_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _damage_strip_metadata(path: Path) -> None:
+    from safetensors.torch import load as load_tensors
+    from safetensors.torch import save as save_tensors
+
+    path.write_bytes(save_tensors(load_tensors(path.read_bytes())))
+
+
+@pytest.mark.parametrize("damage", [_damage_truncate, _damage_strip_metadata, lambda path: path.write_bytes(b"")],
+                         ids=["truncated", "no-metadata", "empty"])
+def test_a_damaged_classifier_cache_is_retrained_with_one_warning(eval_runs: dict[str, Path], damage) -> None:
+    args = ("eval", "-c", str(eval_runs["dcgan"]), "--n", "20", "--metrics", "fid", "--json")
+    evaluation.load_judge.cache_clear()  # this test's own cache folder, not one an earlier test's judge came from
+    first = run_cli_all(*args)
+    assert first.exit_code == 0, first.stderr
+    cached = Path(json.loads(first.stdout)["protocol"]["weights"])
+    damage(cached)
+    evaluation.load_judge.cache_clear()
+    again = run_cli_all(*args)
+    assert again.exit_code == 0, again.stderr
+    assert [line for line in again.stderr.splitlines() if "damaged classifier cache" in line] == [
+        line for line in again.stderr.splitlines() if line.startswith("warning: ignoring")]
+    assert "training it again" in again.stderr
+    assert json.loads(again.stdout)["metrics"]["fid"] == pytest.approx(json.loads(first.stdout)["metrics"]["fid"])
+    evaluation.load_judge.cache_clear()
+    third = run_cli_all(*args)  # rewritten whole: read back without a warning
+    assert third.exit_code == 0 and "damaged" not in third.stderr
+
+
+# ---------------------------------------------------------------- --ref-stats: a reference known by its mean and covariance
+
+
+def write_stats(path: Path, features: torch.Tensor, **extra: np.ndarray) -> Path:
+    x = features.double().numpy()
+    np.savez(path, mu=x.mean(axis=0), sigma=np.cov(x, rowvar=False), **extra)
+    return path
+
+
+def real_features(eval_runs: dict[str, Path], n: int) -> torch.Tensor:
+    from genai_cli.data import load_dataset
+
+    test = load_dataset("fashion-mnist", data_dir=str(eval_runs["root"]), split="test", image_size=16)
+    judge, _ = evaluation.load_judge("fashion-mnist", str(eval_runs["root"]), (1, 16), torch.device("cpu"))
+    return judge(test.all_images()[:n])[0]
+
+
+def test_ref_stats_give_the_fid_of_the_features_they_summarise(eval_runs: dict[str, Path], tmp_path: Path) -> None:
+    stats = write_stats(tmp_path / "ref.npz", real_features(eval_runs, 30), n=np.array(30))
+    code, out = run_cli("eval", "-c", str(eval_runs["dcgan"]), "--n", "30", "--metrics", "fid", "--json")
+    direct = json.loads(out)["metrics"]["fid"]
+    code, out = run_cli("eval", "-c", str(eval_runs["dcgan"]), "--n", "30", "--ref-stats", str(stats), "--json")
+    assert code == 0, out
+    result = json.loads(out)
+    assert result["metrics"]["fid"] == pytest.approx(direct, rel=1e-9)
+    assert set(result["metrics"]) == {"fid", "is", "is_std"}  # the metrics that need no reference features
+    assert result["protocol"]["reference"] == f"statistics in {stats}" and result["protocol"]["n_real"] == 30
+
+
+def test_ref_stats_keep_class_accuracy_but_not_intra_class_fid(eval_runs: dict[str, Path], tmp_path: Path) -> None:
+    stats = write_stats(tmp_path / "ref.npz", real_features(eval_runs, 30))  # pytorch-fid's files do not say n
+    code, out = run_cli("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--ref-stats", str(stats), "--json")
+    result = json.loads(out)
+    assert code == 0 and 0 <= result["metrics"]["acc"] <= 1
+    assert result["metrics"]["intra_fid"] is None and "mean and covariance" in result["not_computed"]["intra_fid"]
+    assert result["protocol"]["n_real"] is None
+
+
+@pytest.mark.parametrize("args,problem", [
+    (("--metrics", "fid,kid"), "--metrics kid need the reference's features"),
+    (("--fail-if", "precision<0.5"), "precision never applies"),
+])
+def test_ref_stats_refuse_what_needs_features(eval_runs: dict[str, Path], tmp_path: Path, args: tuple, problem: str) -> None:
+    stats = write_stats(tmp_path / "ref.npz", real_features(eval_runs, 30))
+    result = CliRunner().invoke(app, ["eval", "-c", str(eval_runs["dcgan"]), "--n", "30", "--ref-stats", str(stats), *args])
+    assert result.exit_code == 2 and problem in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("content,problem", [
+    ({"mu": np.zeros(5), "sigma": np.eye(5)}, "shape (5,)"),
+    ({"mu": np.zeros(128)}, "not a statistics file"),
+    ({"mu": np.full(128, np.nan), "sigma": np.eye(128)}, "NaN or infinite"),
+    ({"mu": np.array([{"x": 1}], dtype=object), "sigma": np.eye(128)}, "not a statistics file"),  # pickled: never loaded
+])
+def test_bad_ref_stats_are_one_line(eval_runs: dict[str, Path], tmp_path: Path, content: dict, problem: str) -> None:
+    np.savez(tmp_path / "bad.npz", **content)
+    result = CliRunner().invoke(app, ["eval", "-c", str(eval_runs["dcgan"]), "--n", "30", "--ref-stats", str(tmp_path / "bad.npz")])
+    assert result.exit_code == 2 and problem in result.stderr and "Traceback" not in result.stderr, result.stderr

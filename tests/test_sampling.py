@@ -320,3 +320,34 @@ def test_empty_folder_is_fine_without_force(tiny_runs, tmp_path: Path):
     out.mkdir()
     sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(out), "--n", "1")
     assert len(list(out.glob("*.png"))) == 1
+
+
+def test_a_folder_of_any_size_is_generated_and_written_in_chunks(tiny_runs, tmp_path: Path, monkeypatch) -> None:
+    """--seeds 0-99999999 into a folder: no list of 10^8 seeds, no 10^8 latents; images are generated
+    SAMPLE_BATCH at a time and the manifest is streamed (stopped here after three chunks)."""
+    import tracemalloc
+
+    from genai_cli import fileio
+
+    sizes: list[int] = []
+    real_generate = sampling.generate
+
+    def generate(model, z, labels, device):
+        sizes.append(len(z))
+        if len(sizes) > 3:
+            raise KeyboardInterrupt
+        return real_generate(model, z, labels, device)
+
+    monkeypatch.setattr(sampling, "generate", generate)
+    monkeypatch.setattr(fileio, "_write_synced", lambda fd, data: __import__("os").close(fd))  # no disk traffic
+    tracemalloc.start()
+    try:
+        result = sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(tmp_path / "imgs"), "--seeds", "0-99999999",
+                        code=130)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sizes == [sampling.SAMPLE_BATCH] * 4, sizes
+    assert peak < 64 << 20, f"{peak} bytes of Python objects for a streamed folder"
+    assert "interrupted" in result.stderr
+    assert not list((tmp_path / "imgs").glob(".*.tmp"))  # the half-written manifest was removed

@@ -67,10 +67,13 @@ def test_max_time_with_steps_is_only_a_deadline(bars_root: Path, tmp_path: Path)
     assert Config.from_json((Path(run.run_dir) / ckpt.CONFIG_FILE).read_text()).train.steps == 5
 
 
-def test_version_1_configs_load_and_keep_a_constant_rate() -> None:
+def test_version_1_configs_load_and_keep_what_their_runs_did() -> None:
     raw = Config().to_dict()
     raw["schema"] = 1
     del raw["train"]["lr_decay_start"]
-    assert Config.from_dict(raw).train.lr_decay_start == 1.0
-    with pytest.raises(ValueError, match="schema 3"):
-        Config.from_dict({**raw, "schema": 3})
+    del raw["model"]["prior"]
+    old = Config.from_dict(raw)
+    assert old.train.lr_decay_start == 1.0 and old.model.prior == "standard"
+    for schema in (0, 4, "3", True):
+        with pytest.raises(ValueError, match="schema"):
+            Config.from_dict({**raw, "schema": schema})

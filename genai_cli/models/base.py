@@ -82,3 +82,4 @@ class ModelSpec:
     lr_decay_start: float = 1.0  # fraction of the run after which the rate falls linearly to 0
     beta1: float = 0.5
     ema: float = 0.999  # moving average of the generating half's weights; 0 for none
+    prior: str = "standard"  # what latents are drawn from: N(0, I), or a Gaussian fitted to the codes (VAEs)

@@ -34,6 +34,29 @@ class Encoder(nn.Module):
         return mu, logvar
 
 
+class FittedPrior(nn.Module):
+    """N(mean, L L^T) fitted to the training set's codes once training ends (ex-post density estimation,
+    Ghosh et al. 2020): a VAE's codes do not fill N(0, I), and decoding the regions between them gives
+    the blurry, off-manifold samples. It maps N(0, I) noise, so seeds, sampling and export keep their
+    interface; until it is fitted it is the identity (N(0, I) itself)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale_tril", torch.eye(dim))
+
+    def forward(self, eps: torch.Tensor) -> torch.Tensor:
+        return self.mean + eps @ self.scale_tril.T
+
+    @torch.no_grad()
+    def fit(self, codes: torch.Tensor) -> None:
+        """Mean and Cholesky factor of the codes' covariance (float64; a tiny ridge keeps it positive)."""
+        x = codes.double()
+        cov = torch.cov(x.T) + 1e-6 * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        self.mean.copy_(x.mean(0))
+        self.scale_tril.copy_(torch.linalg.cholesky(cov))
+
+
 class Decoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -41,15 +64,20 @@ class Decoder(nn.Module):
         self.labels = LabelEmbedding(config.num_classes, LABEL_EMBEDDING_DIM) if config.num_classes else None
         in_dim = config.latent_dim + (LABEL_EMBEDDING_DIM if self.labels else 0)
         self.body = ConvGenerator(in_dim, config.channels, config.image_size, config.width, config.norm)
+        self.prior = FittedPrior(config.latent_dim) if config.prior == "fitted" else None
 
     def logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.labels is not None:
             z = self.labels.concat(z, labels)
         return self.body(z)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean image of the Bernoulli decoder, mapped to [-1, 1] like the GANs' output."""
+    def mean_image(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean image of the Bernoulli decoder at code z, mapped to [-1, 1] like the GANs' output."""
         return torch.sigmoid(self.logits(z, labels)) * 2 - 1
+
+    def forward(self, eps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """A sample: N(0, I) noise through the prior (fitted, or the standard one), decoded."""
+        return self.mean_image(self.prior(eps) if self.prior is not None else eps, labels)
 
 
 def build(config: ModelConfig) -> VariationalModel:
@@ -64,6 +92,7 @@ SPEC = ModelSpec(
     lr=1e-3,
     beta1=0.9,
     ema=0.0,
+    prior="fitted",
 )
 
 CONDITIONAL_SPEC = ModelSpec(
@@ -75,4 +104,5 @@ CONDITIONAL_SPEC = ModelSpec(
     lr=1e-3,
     beta1=0.9,
     ema=0.0,
+    prior="fitted",
 )

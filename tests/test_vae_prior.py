@@ -1,0 +1,77 @@
+"""The VAE's fitted prior: a Gaussian fitted to the training codes when training ends, stored in
+the checkpoint, used by sampling, eval and export; runs of older configs keep N(0, I)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixture)
+from typer.testing import CliRunner
+
+from genai_cli import checkpoint as ckpt
+from genai_cli import training
+from genai_cli.cli import app
+from genai_cli.errors import UsageError
+from genai_cli.models.vae import FittedPrior
+
+
+def test_fitted_prior_matches_the_codes_it_was_fitted_to() -> None:
+    codes = torch.randn(4000, 3) @ torch.tensor([[2.0, 0, 0], [0.5, 1, 0], [0, 0, 0.1]]) + torch.tensor([1.0, -2, 3])
+    prior = FittedPrior(3)
+    assert torch.equal(prior(codes[:5]), codes[:5])  # unfitted: N(0, I) itself
+    prior.fit(codes)
+    samples = prior(torch.randn(200_000, 3, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(samples.mean(0), codes.mean(0), atol=0.02)
+    assert torch.allclose(torch.cov(samples.T), torch.cov(codes.T), atol=0.03)
+
+
+@pytest.mark.parametrize("kind", ["vae", "cvae"])
+def test_training_fits_the_prior_and_sampling_uses_it(bars_root: Path, tmp_path: Path, kind: str) -> None:  # noqa: F811
+    run = Path(training.train(flags(bars_root, kind, **{"train.steps": 6}), out=str(tmp_path / "r")).run_dir)
+    weights = load_file(run / ckpt.MODEL_FILE)
+    mean, tril = weights["decoder.prior.mean"], weights["decoder.prior.scale_tril"]
+    assert mean.abs().sum() > 0 and not torch.equal(tril, torch.eye(len(mean)))  # fitted, not the identity
+    model, loaded = ckpt.load_model(str(run), torch.device("cpu"))
+    assert loaded.config.model.prior == "fitted"
+    eps = torch.randn(4, model.latent_dim)
+    labels = torch.arange(4) % 10 if model.conditional else None
+    with torch.no_grad():
+        assert torch.allclose(model.generate(eps, labels), model.decoder.mean_image(mean + eps @ tril.T, labels))
+
+
+def test_standard_prior_on_request_and_refused_for_gans(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = Path(training.train(flags(bars_root, "vae", **{"train.steps": 2, "model.prior": "standard"}), out=str(tmp_path / "r")).run_dir)
+    assert not any(k.startswith("decoder.prior") for k in load_file(run / ckpt.MODEL_FILE))
+    with pytest.raises(UsageError, match="--prior 'fitted' is not available for --model dcgan"):
+        training.resolve(flags(bars_root, "dcgan", **{"model.prior": "fitted"}))
+
+
+def test_a_vae_written_before_fitted_priors_still_samples(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A schema-2 model file (no prior in its config, no prior buffers) loads as a standard-prior VAE."""
+    run = Path(training.train(flags(bars_root, "vae", **{"train.steps": 2, "model.prior": "standard"}), out=str(tmp_path / "r")).run_dir)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(run / ckpt.MODEL_FILE), framework="pt") as handle:
+        meta = handle.metadata()
+    config = json.loads(meta["genai.config"])
+    config["schema"] = 2
+    del config["model"]["prior"]
+    meta["genai.config"] = json.dumps(config)
+    save_file(load_file(run / ckpt.MODEL_FILE), str(run / ckpt.MODEL_FILE), metadata=meta)
+    result = CliRunner().invoke(app, ["sample", "-c", str(run), "--n", "4", "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.stderr
+
+
+def test_eval_reports_the_bound_under_both_priors(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    from genai_cli.evaluation import vae_metrics
+
+    run = Path(training.train(flags(bars_root, "vae", **{"train.steps": 4}), out=str(tmp_path / "r")).run_dir)
+    model, _ = ckpt.load_model(str(run), torch.device("cpu"))
+    images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
+    result = vae_metrics(model, images, None, 4, torch.device("cpu"))
+    assert {"nll", "nll_standard_prior", "elbo"} <= set(result) and result["nll"] != result["nll_standard_prior"]
