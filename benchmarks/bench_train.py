@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from genai_cli import training
-from genai_cli.data import write_idx
 from genai_cli.errors import DataError
 from genai_cli.objectives import make_objective
 from genai_cli.runtime import seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from idx import write_idx  # noqa: E402  (the tests' IDX writer; benchmarks run as scripts)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -116,8 +116,8 @@ def eval_table(result: dict[str, Any]) -> None:
 class StepProgress:
     """Progress of a training run: a rich bar on a terminal, plain lines elsewhere."""
 
-    def __init__(self, total: int, start: int, log_every: int, bar: Progress | None) -> None:
-        self.total, self.log_every, self._bar = total, log_every, bar
+    def __init__(self, total: int, start: int, bar: Progress | None) -> None:
+        self.total, self._bar = total, bar
         self._task = bar.add_task("train", total=total, completed=start, stats="") if bar else None
 
     def set_total(self, total: int) -> None:
@@ -148,9 +148,9 @@ def _format_stat(key: str, value: float) -> str:
 
 
 @contextmanager
-def step_progress(total: int, start: int, log_every: int) -> Iterator[StepProgress]:
+def step_progress(total: int, start: int) -> Iterator[StepProgress]:
     if _quiet or not _stderr.is_terminal:
-        yield StepProgress(total, start, log_every, None)
+        yield StepProgress(total, start, None)
         return
     bar = Progress(
         TextColumn("[bold]train"),
@@ -163,5 +163,5 @@ def step_progress(total: int, start: int, log_every: int) -> Iterator[StepProgre
         redirect_stderr=False,
     )
     with bar:
-        yield StepProgress(total, start, log_every, bar)
+        yield StepProgress(total, start, bar)
 

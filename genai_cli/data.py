@@ -418,17 +418,6 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"cannot read {path} ({err}); delete it and download it again") from err
 
 
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    """The inverse of the IDX reader (unsigned bytes; gzip when the name ends in .gz): how tests
-    and benchmarks make tiny datasets in torchvision's layout."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    data = header + array.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
-    return path
-
-
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
     """An IDX file of unsigned bytes (magic 0x0000 08 <ndim>), checked against its header."""
     data = _read_bytes(path)

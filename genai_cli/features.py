@@ -54,7 +54,6 @@ class Extractor:
     name: str
     weights: str  # path of the weights file
     weights_sha256: str
-    dim: int
     protocol: str  # how images are prepared, printed with every result
     _features: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
     device: torch.device
@@ -150,7 +149,7 @@ def load_inception(path: str | None, device: torch.device) -> Extractor:
             else:
                 fn = lambda x: (net(_resize_299(x) / 128 - 1), None)  # noqa: E731
                 protocol = "bilinear resize to 299, x/128 - 1, gray -> RGB"
-            return Extractor("inception", str(weights), sha, INCEPTION_DIM, protocol, fn, device)
+            return Extractor("inception", str(weights), sha, protocol, fn, device)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net = fid_inception_v3()
         net.load_state_dict(state)
@@ -165,7 +164,7 @@ def load_inception(path: str | None, device: torch.device) -> Extractor:
         pool = _inception_pool(net, _resize_299(x) / 127.5 - 1)
         return pool, net.fc(pool)
 
-    return Extractor("inception", str(weights), sha, INCEPTION_DIM, "bilinear resize to 299, x/127.5 - 1 (pytorch-fid), gray -> RGB",
+    return Extractor("inception", str(weights), sha, "bilinear resize to 299, x/127.5 - 1 (pytorch-fid), gray -> RGB",
                      pool_and_logits, device)
 
 
@@ -295,7 +294,7 @@ def load_classifier(dataset: str, device: torch.device, num_classes: int,
         atomic_write(path, save_tensors(weights, metadata={"format": "pt", "genai.classifier": json.dumps(info)}))
         console.info(f"classifier test accuracy {info['test_accuracy']:.4f}")
     net = net.to(device).eval()
-    extractor = Extractor("classifier", str(path), file_sha256(path), CLASSIFIER_DIM,
+    extractor = Extractor("classifier", str(path), file_sha256(path),
                           "genai SmallCNN penultimate layer at the dataset's own size, x/127.5 - 1",
                           lambda x: net(x.float() / 127.5 - 1), device)
     return extractor, info

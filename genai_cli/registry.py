@@ -7,7 +7,7 @@ A misspelt name is a usage error that suggests the closest registered one, so
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from genai_cli.errors import UsageError
 
@@ -23,13 +23,6 @@ class Registry(Generic[T]):
     def __init__(self, what: str) -> None:
         self.what = what  # "model" or "dataset", used in messages
         self._items: dict[str, T] = {}
-
-    def register(self, name: str) -> Callable[[T], T]:
-        def add(item: T) -> T:
-            self.add(name, item)
-            return item
-
-        return add
 
     def add(self, name: str, item: T) -> None:
         key = normalise_name(name)
@@ -53,6 +46,3 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())

@@ -396,7 +396,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
     fixed_z, fixed_labels, per_row = fixed_sample_inputs(session)
     started = time.perf_counter()
     start_step = session.step
-    with StopRequest() as stop, console.step_progress(session.total_steps, session.step, cfg.train.log_every) as progress:
+    with StopRequest() as stop, console.step_progress(session.total_steps, session.step) as progress:
         final_losses = run_steps(session, stop, progress, fixed_z, fixed_labels, per_row)
     seconds = time.perf_counter() - started
     session.objective.finish(session.source, session.device)

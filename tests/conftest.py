@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from idx import write_idx
 from PIL import Image
-
-from genai_cli.data import write_idx
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHECKOUT_RUNS = Path(__file__).resolve().parents[1] / "runs"

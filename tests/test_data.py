@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, make_idx_dataset, make_image, make_image_folder, write_idx
+from conftest import SHARED_DATA, make_idx_dataset, make_image, make_image_folder
+from idx import write_idx
 from PIL import Image
 
 from genai_cli import data

@@ -129,7 +129,7 @@ def test_missing_inception_offline_is_one_clear_error(monkeypatch: pytest.Monkey
 
 def test_real_features_are_cached(tmp_path: Path) -> None:
     calls = []
-    extractor = features.Extractor("stub", "w", "0" * 64, 2, "none", lambda x: (x.float().flatten(1)[:, :2], None), torch.device("cpu"))
+    extractor = features.Extractor("stub", "w", "0" * 64, "none", lambda x: (x.float().flatten(1)[:, :2], None), torch.device("cpu"))
     extractor._features = lambda x: (calls.append(1), (x.float().flatten(1)[:, :2], None))[1]
     images = torch.arange(12, dtype=torch.uint8).view(3, 1, 2, 2)
     key = features.features_key("d", "test", images, extractor)

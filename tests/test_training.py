@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, write_idx
+from conftest import make_image_folder
+from idx import write_idx
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 

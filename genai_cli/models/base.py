@@ -19,8 +19,6 @@ from genai_cli.config import ModelConfig
 class GenerativeModel(nn.Module):
     """Base of every family: a config and a way to turn latents (and labels) into images."""
 
-    objective: str  # "adversarial" or "elbo": which training step applies
-
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -43,8 +41,6 @@ class GenerativeModel(nn.Module):
 
 
 class AdversarialModel(GenerativeModel):
-    objective = "adversarial"
-
     def __init__(self, config: ModelConfig, generator: nn.Module, discriminator: nn.Module) -> None:
         super().__init__(config)
         self.generator = generator
@@ -55,8 +51,6 @@ class AdversarialModel(GenerativeModel):
 
 
 class VariationalModel(GenerativeModel):
-    objective = "elbo"
-
     def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__(config)
         self.encoder = encoder  # (x, labels) -> (mu, logvar)
