@@ -262,8 +262,8 @@ def choose_metrics(req: EvalRequest, model: GenerativeModel | None) -> tuple[lis
     applicable = list(DISTRIBUTION_METRICS)
     if model is not None and model.conditional:
         applicable.append("acc")
-    if isinstance(model, VariationalModel):
-        applicable.append("nll")
+    if model is not None:
+        applicable.extend(model.metrics)
     if req.metrics is None:
         return applicable, applicable
     for name in req.metrics:

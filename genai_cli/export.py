@@ -54,7 +54,7 @@ CHECK_BATCH_SIZES = (1, 7, 64)  # one image, an odd size, a serving-sized batch
 EXAMPLE_BATCH = 4  # traced with more than one image so torch.export keeps the batch dynamic
 INSTALL_HINT = "pip install 'genai-cli[export]'"
 PT2_METADATA_FILE = "genai.json"
-INPUT_NAMES, OUTPUT_NAME = ("z", "label"), "image"
+OUTPUT_NAME = "image"
 
 
 @dataclass
@@ -142,7 +142,7 @@ def require_module(name: str, purpose: str) -> None:
 
 def exported_program(module: nn.Module, model: GenerativeModel) -> torch.export.ExportedProgram:
     batch = torch.export.Dim("batch")
-    shapes = {name: {0: batch} for name in INPUT_NAMES[: 2 if model.conditional else 1]}
+    shapes = {name: {0: batch} for name in model.input_names}
     try:
         return torch.export.export(module, example_inputs(model, EXAMPLE_BATCH), dynamic_shapes=shapes)
     except Exception as err:  # torch.export's own error types; a genai model that cannot be traced
@@ -152,7 +152,7 @@ def exported_program(module: nn.Module, model: GenerativeModel) -> torch.export.
 def onnx_bytes(module: nn.Module, model: GenerativeModel, metadata: dict[str, str]) -> bytes:
     for name in ("onnx", "onnxscript"):
         require_module(name, "--format onnx")
-    names = list(INPUT_NAMES[: 2 if model.conditional else 1])
+    names = list(model.input_names)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*")  # z and label share one batch Dim
@@ -240,9 +240,10 @@ def onnx_runner(path: Path) -> Runner:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [arg.name for arg in session.get_inputs()]  # the graph's own signature
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
-        feed = {name: x.numpy() for name, x in zip(INPUT_NAMES, inputs)}
+        feed = {name: x.numpy() for name, x in zip(names, inputs)}
         return torch.from_numpy(session.run([OUTPUT_NAME], feed)[0])
 
     return run

@@ -27,7 +27,7 @@ from genai_cli.config import check_range
 from genai_cli.console import emit_bytes
 from genai_cli.errors import UsageError
 from genai_cli.fileio import atomic_write, atomic_writer, file_sha256
-from genai_cli.models import GenerativeModel, VariationalModel
+from genai_cli.models import GenerativeModel
 from genai_cli.resources import require_memory
 from genai_cli.runtime import pick_device
 
@@ -120,21 +120,6 @@ def generate(
             lb = labels[start : start + SAMPLE_BATCH].to(device) if labels is not None else None
             out.append(imgs.to_uint8(model.generate(zb, lb)).cpu())
         return torch.cat(out)
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def reconstruct(model: VariationalModel, images: torch.Tensor, labels: torch.Tensor | None,
-                device: torch.device) -> torch.Tensor:
-    """uint8 reconstructions (decoder mean at the posterior mean) of uint8 images."""
-    was_training = model.training
-    model.eval()
-    try:
-        real = images.to(device).float() / 127.5 - 1
-        lb = labels.to(device) if labels is not None else None
-        mu, _ = model.encoder(real, lb)
-        return imgs.to_uint8(model.decoder.mean_image(mu, lb)).cpu()
     finally:
         model.train(was_training)
 

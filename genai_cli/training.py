@@ -30,18 +30,23 @@ from genai_cli.data import ImageSource, load_dataset
 from genai_cli.distributed import SINGLE_PROCESS, World
 from genai_cli.errors import CheckpointError, ExitCode, Interrupted, TrainingDiverged, UsageError
 from genai_cli.fileio import append_line, atomic_write
-from genai_cli.models import MODELS, GenerativeModel, ModelSpec, VariationalModel
+from genai_cli.models import MODELS, GenerativeModel, ModelSpec
 from genai_cli.models.blocks import NORMS
-from genai_cli.objectives import Objective, lr_factor, make_objective, set_learning_rates
+from genai_cli.objectives import (
+    Health,
+    Objective,
+    check_gan_loss,
+    choose,
+    lr_factor,
+    make_objective,
+    set_learning_rates,
+)
 from genai_cli.runtime import describe, pick_device, seed_everything
 
 SAMPLE_GRID_SIZE = 64
 # Flags that may change when a run is resumed; anything else would change the maths.
 RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "train.sample_every",
              "train.save_every", "train.lr", "train.lr_d", "train.lr_decay_start", "data.data_dir"}
-# A discriminator whose loss stays below this for this many steps has won: G learns nothing.
-D_COLLAPSE_LOSS = 0.01
-D_COLLAPSE_STEPS = 500
 # A --max-time budget: steps BUDGET_WARMUP..BUDGET_PLAN_AT are timed, then the run's length is
 # fixed to what fits in BUDGET_USE of the time left (the rest covers grids and checkpoints).
 BUDGET_WARMUP, BUDGET_PLAN_AT, BUDGET_PLAN_FRACTION, BUDGET_USE = 5, 25, 0.05, 0.95
@@ -98,9 +103,11 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     model.channels, model.image_size = source.channels, source.image_size
     model.num_classes = len(source.classes) if spec.conditional else 0
     data.classes = list(source.classes)
-    train.lr = spec.lr if train.lr is None else train.lr
+    objective = choose(spec.shape, train.gan_loss)  # its paper's rates beat the family's
+    train.lr = (objective.lr or spec.lr) if train.lr is None else train.lr
     train.lr_decay_start = spec.lr_decay_start if train.lr_decay_start is None else train.lr_decay_start
-    train.beta1 = spec.beta1 if train.beta1 is None else train.beta1
+    train.beta1 = (spec.beta1 if objective.beta1 is None else objective.beta1) if train.beta1 is None else train.beta1
+    train.beta2 = train.beta2 if objective.beta2 is None else objective.beta2
     train.ema = spec.ema if train.ema is None else train.ema
     if spec.conditional and not source.labelled:
         raise UsageError(f"--model {spec.name} needs labelled data but {source.name} has no classes; "
@@ -163,22 +170,23 @@ class StopRequest:
 
 @dataclass
 class CollapseWatch:
-    """Warns once when D's loss stays near zero: D has won and G gets no gradient to learn from."""
+    """Warns once when the objective's health loss stays below its floor (e.g. D has won, so G
+    gets no gradient to learn from); a single quiet window is not enough."""
 
+    health: Health
     since: int | None = None
     warned: bool = False
 
-    def update(self, step: int, window_steps: int, loss_d: float) -> str | None:
-        if loss_d >= D_COLLAPSE_LOSS:
+    def update(self, step: int, window_steps: int, value: float) -> str | None:
+        h = self.health
+        if value >= h.floor:
             self.since = None
             return None
         self.since = step - window_steps if self.since is None else self.since
-        if self.warned or step - self.since < D_COLLAPSE_STEPS:
+        if self.warned or step - self.since < h.steps:
             return None
         self.warned = True
-        return (f"discriminator collapse: loss_d has stayed below {D_COLLAPSE_LOSS} since step {self.since}, "
-                "so the generator gets no useful gradient; try a lower --lr-d, --gan-loss hinge, "
-                "or resume an earlier checkpoint")
+        return f"{h.problem}: {h.loss} has stayed below {h.floor} since step {self.since}, {h.advice}"
 
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:
@@ -206,7 +214,10 @@ class Session:
     out_of_time: bool = False
     budgeted: bool = False  # --max-time alone: the length is planned from the first steps' speed
     budget_timer: float = 0.0  # time.monotonic() at step BUDGET_WARMUP
-    collapse: CollapseWatch = field(default_factory=CollapseWatch)
+    collapse: CollapseWatch | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.collapse = CollapseWatch(self.objective.health) if self.objective.health else None
 
     @property
     def rank_batch_size(self) -> int:
@@ -269,6 +280,7 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
     config = apply_flags(base, flags, resuming=state is not None)
     validate_model(config.model)
     validate_train(config.train)
+    check_gan_loss(config.train.gan_loss)
     spec = MODELS.get(config.model.kind)
     device = pick_device(config.train.device)
     source = load_source(config)
@@ -399,13 +411,13 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
     with StopRequest() as stop, console.step_progress(session.total_steps, session.step) as progress:
         final_losses = run_steps(session, stop, progress, fixed_z, fixed_labels, per_row)
     seconds = time.perf_counter() - started
-    session.objective.finish(session.source, session.device)
+    session.objective.finish(session.source)
     model_path = session.save()
     if main:
         write_sample_grid(session, fixed_z, fixed_labels, per_row)
-        if isinstance(session.model, VariationalModel):
-            write_reconstructions(session)
-        write_loss_curve(run_dir)
+        for name, png in session.objective.extra_pictures(session.source, cfg.train.seed).items():
+            atomic_write(run_dir / name, png)
+        write_loss_curve(run_dir, session.objective.loss_keys)
     done = session.step - start_step
     return TrainResult(
         run_dir=str(run_dir), checkpoint=str(model_path), step=session.step,
@@ -508,7 +520,8 @@ def log_window(session: Session, progress: console.StepProgress, sums: dict[str,
     bad = [name for name, value in losses.items() if not math.isfinite(value)]
     if distributed.any_rank([bool(bad)], session.world, session.device)[0]:
         raise session.diverged(f"{', '.join(bad) or 'a loss on another process'} became NaN or infinite")
-    if "loss_d" in losses and (warning := session.collapse.update(session.step, steps, losses["loss_d"])):
+    watch = session.collapse
+    if watch and watch.health.loss in losses and (warning := watch.update(session.step, steps, losses[watch.health.loss])):
         console.warn(warning)
     row = {
         "step": session.step,
@@ -543,16 +556,9 @@ def write_sample_grid(session: Session, z: torch.Tensor, labels: torch.Tensor | 
     atomic_write(path, imgs.png_bytes(imgs.grid(images, per_row)))
 
 
-def write_reconstructions(session: Session, rows: int = 4, per_row: int = 8) -> None:
-    """reconstructions.png: the first images of the first batch on top, their reconstructions below."""
-    count = min(rows * per_row, len(session.source))
-    images, labels = next(session.source.epoch_batches(0, count, session.config.train.seed, torch.device("cpu")))
-    recon = sampling.reconstruct(session.model, images, labels, session.device)
-    atomic_write(session.run_dir / "reconstructions.png", imgs.png_bytes(imgs.grid(torch.cat([images, recon]), per_row)))
-
-
-def write_loss_curve(run_dir: Path) -> None:
+def write_loss_curve(run_dir: Path, loss_keys: tuple[str, ...]) -> None:
+    """loss.png: the objective's losses over the run, as metrics.jsonl logged them."""
     rows = rundir.read_metrics(run_dir / rundir.METRICS_FILE)
-    keys = [k for k in ("loss_d", "loss_g", "loss", "recon", "kl") if rows and k in rows[-1]]
+    keys = [k for k in loss_keys if rows and k in rows[-1]]
     if rows and keys:
         atomic_write(run_dir / "loss.png", imgs.loss_curve_png(rows, keys))

@@ -22,7 +22,8 @@ from genai_cli import checkpoint as ckpt
 from genai_cli import training
 from genai_cli.config import parse_duration
 from genai_cli.errors import CheckpointError, ExitCode, TrainingDiverged, UsageError
-from genai_cli.objectives import ELBOObjective
+from genai_cli.objectives.adversarial import COLLAPSE
+from genai_cli.objectives.elbo import ELBOObjective
 
 TINY = {"model.width": 8, "model.image_size": 16, "train.batch_size": 16, "train.log_every": 5}
 
@@ -213,11 +214,11 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(bars_root: Path, tm
 
 
 def test_collapse_warning_needs_many_steps_of_a_winning_discriminator() -> None:
-    watch = training.CollapseWatch()
+    watch = training.CollapseWatch(COLLAPSE)
     window = 50
     assert watch.update(50, window, 0.001) is None  # one quiet window is not collapse
     assert watch.update(100, window, 0.5) is None  # and a recovery resets the count
-    messages = [watch.update(step, window, 0.001) for step in range(150, 100 + training.D_COLLAPSE_STEPS + 1, window)]
+    messages = [watch.update(step, window, 0.001) for step in range(150, 100 + COLLAPSE.steps + 1, window)]
     assert [m is not None for m in messages].count(True) == 1 and messages[-1] is not None
     assert "--lr-d" in messages[-1] and "since step 100" in messages[-1]
     assert watch.update(10_000, window, 0.001) is None  # warned once per run

@@ -32,6 +32,13 @@ class GenerativeModel(nn.Module):
         assert self.config.latent_dim is not None
         return self.config.latent_dim
 
+    metrics: tuple[str, ...] = ()  # eval metric groups only this shape of model supports
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """What `generate` takes, in order: the exported graph's signature."""
+        return ("z", "label") if self.conditional else ("z",)
+
     def generating_half(self) -> nn.Module:
         """The part that maps latent (+ label) to an image: what `export` ships."""
         raise NotImplementedError
@@ -51,6 +58,7 @@ class AdversarialModel(GenerativeModel):
 
 
 class VariationalModel(GenerativeModel):
+    metrics = ("nll",)  # an encoder gives a bound on the likelihood
     def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__(config)
         self.encoder = encoder  # (x, labels) -> (mu, logvar)
@@ -70,6 +78,7 @@ class ModelSpec:
     name: str
     build: Callable[[ModelConfig], GenerativeModel]
     description: str
+    shape: type[GenerativeModel] = AdversarialModel  # what build returns: it picks the objective before any model exists
     conditional: bool = False
     latent_dim: int = 100
     lr: float = 2e-4

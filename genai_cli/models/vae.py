@@ -93,6 +93,7 @@ SPEC = ModelSpec(
     beta1=0.9,
     ema=0.0,
     prior="fitted",
+    shape=VariationalModel,
 )
 
 CONDITIONAL_SPEC = ModelSpec(
@@ -105,4 +106,5 @@ CONDITIONAL_SPEC = ModelSpec(
     beta1=0.9,
     ema=0.0,
     prior="fitted",
+    shape=VariationalModel,
 )

@@ -1,0 +1,104 @@
+"""Alternating D and G updates with logit losses: non-saturating BCE or hinge."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from genai_cli.distributed import global_slice, wrap
+from genai_cli.models import AdversarialModel, GenerativeModel
+from genai_cli.objectives.base import EMA, Health, Losses, ObjectiveSpec, adam
+from genai_cli.runtime import autocast
+
+if TYPE_CHECKING:
+    from genai_cli.config import TrainConfig
+    from genai_cli.data import ImageSource
+    from genai_cli.distributed import World
+
+# A discriminator whose loss stays below 0.01 for 500 steps has won: G learns nothing.
+COLLAPSE = Health("loss_d", 0.01, 500, "discriminator collapse",
+                  "so the generator gets no useful gradient; try a lower --lr-d, --gan-loss hinge, "
+                  "or resume an earlier checkpoint")
+
+
+class AdversarialObjective:
+    """One D update on a real and a generated batch, then one G update through D."""
+
+    loss_keys = ("loss_d", "loss_g")
+    health: Health | None = COLLAPSE
+
+    def __init__(self, model: AdversarialModel, train: TrainConfig, device: torch.device, world: World) -> None:
+        assert train.lr is not None and train.beta1 is not None
+        betas = (train.beta1, train.beta2)
+        self.model, self.device, self.loss, self.world = model, device, train.gan_loss, world
+        self.ema = EMA(model.generator, train.ema) if train.ema else None
+        # Under DDP, G and D's own update go through the wrappers that average gradients;
+        # G's loss goes through the bare D, whose gradients nobody needs.
+        self.generator = wrap(model.generator, world, device)
+        self.discriminator = wrap(model.discriminator, world, device)
+        self.base_lrs = {"generator": train.lr, "discriminator": train.lr_d or train.lr}
+        self.optimizers = {name: adam(getattr(model, name).parameters(), lr, betas, device) for name, lr in self.base_lrs.items()}
+
+    def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
+        opt_d = self.optimizers["discriminator"]
+        z = self.noise(real.shape[0], real.device)
+        with autocast(self.device):
+            fake = self.generator(z, labels)
+            d_real, d_fake = self.discriminator(real, labels), self.discriminator(fake.detach(), labels)
+        loss_d = self.d_loss(d_real.float(), d_fake.float())
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = self.generator_step(fake, labels)
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": torch.sigmoid(d_real.detach().float()).mean(),
+            "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
+        }
+
+    def noise(self, n: int, device: torch.device) -> torch.Tensor:
+        """This rank's slice of one global draw, so every rank's stream stays alike."""
+        return global_slice(torch.randn(n * self.world.size, self.model.latent_dim, device=device), self.world)
+
+    def generator_step(self, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """G's update through the bare D (whose weight gradients are not needed: not computed), then the EMA."""
+        d, opt_g = self.model.discriminator, self.optimizers["generator"]
+        d.requires_grad_(False)
+        with autocast(self.device):
+            d_fake = d(fake, labels).float()
+        loss_g = self.g_loss(d_fake)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        d.requires_grad_(True)
+        if self.ema is not None:
+            self.ema.update(self.model.generator)
+        return loss_g
+
+    def d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        if self.loss == "hinge":
+            return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        # softplus(-x) == BCE-with-logits(x, 1); softplus(x) == BCE-with-logits(x, 0)
+        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+
+    def g_loss(self, d_fake: torch.Tensor) -> torch.Tensor:
+        return -d_fake.mean() if self.loss == "hinge" else F.softplus(-d_fake).mean()
+
+    def finish(self, source: ImageSource) -> None:
+        """Nothing to do once training ends: the generator is what users sample."""
+
+    def sampling_model(self) -> GenerativeModel:
+        """The moving-average generator when there is one."""
+        if self.ema is None:
+            return self.model
+        return AdversarialModel(self.model.config, self.ema.shadow, self.model.discriminator)
+
+    def extra_pictures(self, source: ImageSource, seed: int) -> dict[str, bytes]:
+        return {}
+
+
+BCE = ObjectiveSpec("gan-bce", AdversarialModel, "bce", "bce (non-saturating)", AdversarialObjective)
+HINGE = ObjectiveSpec("gan-hinge", AdversarialModel, "hinge", "hinge", AdversarialObjective)

@@ -1,0 +1,119 @@
+"""Where a family's training plugs in: the `Objective` protocol, and the pieces objectives share.
+
+The training loop, checkpoints and run directory ask an objective, never a model's type or a
+loss's name: what one step does, which optimisers and moving average it keeps (saved and
+restored by name), which model users sample, which losses are plotted, which loss signals that
+training has stopped learning, and which pictures it adds to the run. A step takes a batch of
+real images in [-1, 1] (and labels) and returns its losses as detached device tensors; the loop
+averages them and reads them back only at log time, so no step waits for the device.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
+
+import torch
+
+from genai_cli.models import GenerativeModel
+
+if TYPE_CHECKING:
+    from genai_cli.config import TrainConfig
+    from genai_cli.data import ImageSource
+    from genai_cli.distributed import World
+
+Losses = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Health:
+    """A loss that, staying below `floor` for `steps` steps, means training has stopped learning."""
+
+    loss: str
+    floor: float
+    steps: int
+    problem: str  # what has happened, e.g. "discriminator collapse"
+    advice: str  # why it matters and what to do
+
+
+class Objective(Protocol):
+    """One family's training: what `training.py` calls, and all it knows about the family."""
+
+    optimizers: dict[str, torch.optim.Optimizer]  # saved and restored under these names
+    base_lrs: dict[str, float]  # per optimiser; the loop scales them by the schedule before every step
+    ema: EMA | None  # the moving average users sample, checkpointed with the run
+    loss_keys: tuple[str, ...]  # the losses loss.png plots, in this order
+    health: Health | None  # the loss that says training has stopped learning, if there is one
+
+    def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses: ...
+
+    def sampling_model(self) -> GenerativeModel:
+        """The model users get in model.safetensors (and so in sample, eval and export)."""
+        ...
+
+    def finish(self, source: ImageSource) -> None:
+        """Work once training ends, before the last checkpoint (the VAE fits its prior)."""
+        ...
+
+    def extra_pictures(self, source: ImageSource, seed: int) -> dict[str, bytes]:
+        """PNG files (name -> bytes) written to the run directory beside the sample grid."""
+        ...
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A registered objective: which model shape it trains, the --gan-loss value that picks it among
+    that shape's objectives (None: the shape's only one), and defaults that beat the family's."""
+
+    name: str
+    trains: type[GenerativeModel]
+    gan_loss: str | None
+    description: str
+    build: Callable[[GenerativeModel, TrainConfig, torch.device, World], Objective]
+    lr: float | None = None  # the paper's learning rate, where it differs from the family's
+    beta1: float | None = None  # the paper's Adam betas, likewise (beta2 has no flag)
+    beta2: float | None = None
+
+
+def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel where PyTorch has one (CPU and CUDA): one launch per step."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
+
+
+def lr_factor(step: int, total: int, decay_start: float) -> float:
+    """Constant, then linear to zero over the run's last (1 - decay_start): the averaging that
+    a falling rate gives ends the run on its best weights. A function of the step alone, so a
+    resumed run follows the same curve."""
+    start = decay_start * total
+    if step < start or total <= start:
+        return 1.0
+    return max(0.0, (total - step) / (total - start))
+
+
+def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], base: dict[str, float], factor: float) -> None:
+    for name, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            group["lr"] = base[name] * factor
+
+
+class EMA:
+    """Exponential moving average of a module's weights (Yazici et al. 2019), buffers copied.
+
+    The decay warms up as min(decay, (1 + t) / (10 + t)) over t updates, so a short run is
+    not dominated by the initial weights. t equals the training step, so resume restores it.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.shadow = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.updates += 1
+        weight = 1 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for shadow, live in zip(self.shadow.parameters(), module.parameters()):
+            shadow.lerp_(live, weight)
+        for shadow, live in zip(self.shadow.buffers(), module.buffers()):
+            shadow.copy_(live)
