@@ -21,7 +21,7 @@ def normalise_name(name: str) -> str:
 
 class Registry(Generic[T]):
     def __init__(self, what: str) -> None:
-        self.what = what  # "model" or "dataset", used in messages
+        self.what = what  # "model", "dataset" or "objective", used in messages
         self._items: dict[str, T] = {}
 
     def add(self, name: str, item: T) -> None:
