@@ -1,6 +1,7 @@
-"""What the fitted prior buys a VAE: one trained run, scored twice with `genai eval`, once as
-trained (samples from the Gaussian fitted to its codes) and once with that prior reset to N(0, I)
-(the same weights, sampling as a plain VAE does). Same seeds, same reference, same extractor.
+"""What the fitted prior buys a VAE: one trained run's weights, scored with `genai eval` under
+three priors: N(0, I) (a plain VAE), a Gaussian fitted to the posterior means alone, and the
+Gaussian matching the aggregate posterior's moments (what `genai train` fits: the means'
+covariance plus the average posterior variance). Same seeds, reference and extractor.
 
     python benchmarks/bench_vae_prior.py runs/vae-fashion-mnist-001 [--inception] [--n 10000]
 
@@ -19,24 +20,36 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-def with_standard_prior(run: Path, folder: Path) -> Path:
-    """A copy of the run's model file whose fitted prior is the identity: N(0, I) latents."""
-    model = run / "model.safetensors"
-    with safe_open(str(model), framework="pt") as handle:
-        metadata = handle.metadata()
-    weights = load_file(model)
-    if "decoder.prior.mean" not in weights:
+def write_variants(run: Path, folder: Path) -> dict[str, Path]:
+    """Copies of the run's model file whose prior is N(0, I), fitted to the means, or to the aggregate posterior."""
+    from genai_cli import checkpoint as ckpt
+    from genai_cli.data import load_dataset
+    from genai_cli.objectives.elbo import posterior_moments
+
+    model, loaded = ckpt.load_model(str(run), torch.device("cpu"))
+    if model.decoder.prior is None:
         sys.exit(f"{run} has no fitted prior (trained with --prior standard, or not a VAE)")
-    weights["decoder.prior.mean"] = torch.zeros_like(weights["decoder.prior.mean"])
-    weights["decoder.prior.scale_tril"] = torch.eye(len(weights["decoder.prior.mean"]))
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(folder / "model.safetensors"), metadata=metadata)
-    return folder
+    data, shape = loaded.config.data, loaded.config.model
+    train = load_dataset(data.name, data_dir=data.data_dir, split=data.split, channels=shape.channels, image_size=shape.image_size)
+    means, variances = posterior_moments(model, train, torch.device("cpu"))
+    prior, dim = model.decoder.prior, model.latent_dim
+    fits = {"standard": lambda: (prior.mean.zero_(), prior.scale_tril.copy_(torch.eye(dim))),
+            "means": lambda: prior.fit(means), "aggregate": lambda: prior.fit(means, variances)}
+    with safe_open(str(run / "model.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    paths = {}
+    for name, fit in fits.items():
+        fit()
+        paths[name] = folder / name
+        paths[name].mkdir(parents=True)
+        save_file(ckpt.weights_of(model), str(paths[name] / "model.safetensors"), metadata=metadata)
+        shutil.copy(run / "config.json", paths[name] / "config.json")
+    return paths
 
 
 def score(checkpoint: Path, args: argparse.Namespace) -> dict:
@@ -55,10 +68,9 @@ def main() -> None:
     parser.add_argument("--ref-stats", type=Path, default=SHARED / "stats" / "fashion-mnist-test-inception-2015-12-05.npz")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        standard = with_standard_prior(args.run, Path(tmp) / "standard")
-        shutil.copy(args.run / "config.json", standard / "config.json")
+        variants = write_variants(args.run, Path(tmp))
         result = {"run": str(args.run), "n": args.n, "features": "inception" if args.inception else "classifier",
-                  "fitted": score(args.run, args), "standard": score(standard, args)}
+                  **{name: score(path, args) for name, path in variants.items()}}
     print(json.dumps(result))
 
 

@@ -27,6 +27,10 @@ def test_fitted_prior_matches_the_codes_it_was_fitted_to() -> None:
     samples = prior(torch.randn(200_000, 3, generator=torch.Generator().manual_seed(0)))
     assert torch.allclose(samples.mean(0), codes.mean(0), atol=0.02)
     assert torch.allclose(torch.cov(samples.T), torch.cov(codes.T), atol=0.03)
+    variances = torch.rand(4000, 3)
+    prior.fit(codes, variances)  # the aggregate posterior: the means' spread plus each posterior's own
+    assert torch.allclose(prior.scale_tril @ prior.scale_tril.T,
+                          torch.cov(codes.T) + torch.diag(variances.mean(0)), atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["vae", "cvae"])

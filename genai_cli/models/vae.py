@@ -49,10 +49,15 @@ class FittedPrior(nn.Module):
         return self.mean + eps @ self.scale_tril.T
 
     @torch.no_grad()
-    def fit(self, codes: torch.Tensor) -> None:
-        """Mean and Cholesky factor of the codes' covariance (float64; a tiny ridge keeps it positive)."""
-        x = codes.double()
+    def fit(self, means: torch.Tensor, variances: torch.Tensor | None = None) -> None:
+        """Match the aggregate posterior's first two moments: the codes' mean, and the covariance of
+        the posterior means plus the average posterior variance (without it the prior is narrower
+        than the codes, which sharpens samples but costs likelihood). float64; a tiny ridge keeps
+        the factor positive."""
+        x = means.double()
         cov = torch.cov(x.T) + 1e-6 * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        if variances is not None:
+            cov += torch.diag(variances.double().mean(0))
         self.mean.copy_(x.mean(0))
         self.scale_tril.copy_(torch.linalg.cholesky(cov))
 

@@ -58,16 +58,12 @@ class ELBOObjective:
 
     @torch.no_grad()
     def finish(self, source: ImageSource, batch: int = 500) -> None:
-        """Fit the decoder's prior (if it has one) to the posterior means of every training image."""
+        """Fit the decoder's prior (if it has one) to the posteriors of every training image."""
         prior = self.model.decoder.prior
         if prior is None:
             return
-        was_training = self.model.training
-        self.model.eval()
-        codes = [self.model.encoder(images.float() / 127.5 - 1, labels if self.model.conditional else None)[0]
-                 for images, labels in source.in_order(batch, self.device)]
-        self.model.train(was_training)
-        prior.fit(torch.cat(codes))
+        means, variances = posterior_moments(self.model, source, self.device, batch)
+        prior.fit(means, variances)
 
     def extra_pictures(self, source: ImageSource, seed: int, rows: int = 4, per_row: int = 8) -> dict[str, bytes]:
         """reconstructions.png: the first images of the first batch on top, their reconstructions below."""
@@ -105,3 +101,18 @@ def reconstruct(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
 
 
 SPEC = ObjectiveSpec("elbo", VariationalModel, None, "negative ELBO", ELBOObjective)
+
+
+@torch.no_grad()
+def posterior_moments(model: VariationalModel, source: ImageSource, device: torch.device,
+                      batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means, variances) of q(z|x) for every image of `source`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    means, variances = [], []
+    for images, labels in source.in_order(batch, device):
+        mu, logvar = model.encoder(images.float() / 127.5 - 1, labels if model.conditional else None)
+        means.append(mu)
+        variances.append(logvar.exp())
+    model.train(was_training)
+    return torch.cat(means), torch.cat(variances)
