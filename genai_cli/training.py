@@ -274,14 +274,20 @@ class Plan:
     world: World
 
 
-def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PROCESS) -> Plan:
+def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PROCESS, budget: float | None = None) -> Plan:
+    """`budget`: the seconds of a --max-time given alone, for which a family may have a recipe."""
     state = ckpt.load_training_state(rundir.real_run_dir(resume)) if resume else None
     base = state.checkpoint.config if state else Config()
     config = apply_flags(base, flags, resuming=state is not None)
+    spec = MODELS.get(config.model.kind)
+    if budget is not None and spec.short_budget and budget <= spec.short_budget[0]:
+        if recipe := {k: v for k, v in spec.short_budget[1].items() if flags.get(k) is None}:
+            config = apply_flags(config, recipe)
+            console.info(f"a {budget:g} s budget: " + ", ".join(f"{flag_name(k)} {v:g}" for k, v in recipe.items())
+                         + " (more, smaller steps learn faster in a short run)")
     validate_model(config.model)
     validate_train(config.train)
     check_gan_loss(config.train.gan_loss)
-    spec = MODELS.get(config.model.kind)
     device = pick_device(config.train.device)
     source = load_source(config)
     config = resolve_config(config, spec, source)
@@ -385,7 +391,7 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
         console.configure(quiet=True)
     try:
         with ExitStack() as holds:
-            session = start_session(plan_run(flags, resume, world), out, resume, force, holds)
+            session = start_session(plan_run(flags, resume, world, max_time if budgeted else None), out, resume, force, holds)
             session.deadline, session.budgeted = deadline, budgeted
             result = train_session(session, resumed=bool(resume))
         distributed.finish(world)

@@ -59,7 +59,8 @@ def test_max_time_alone_plans_the_length_and_ends_the_schedule_inside_it(bars_ro
     assert training.BUDGET_PLAN_AT <= planned < training.BUDGET_PROVISIONAL_STEPS
     assert run.step == planned and not run.max_time_reached  # the plan, not the deadline, ended it
     assert ckpt.load_training_state(Path(run.run_dir)).checkpoint.config.train.steps == planned
-    assert max(final_lrs(run.run_dir)) < 2e-4 * 2 / planned * 1.01 + 1e-12  # the last step ran near zero
+    base = ckpt.load_training_state(Path(run.run_dir)).checkpoint.config.train.lr
+    assert max(final_lrs(run.run_dir)) < base * 2 / planned * 1.01 + 1e-12  # the last step ran near zero
 
 
 def test_max_time_with_steps_is_only_a_deadline(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -77,3 +78,15 @@ def test_version_1_configs_load_and_keep_what_their_runs_did() -> None:
     for schema in (0, 4, "3", True):
         with pytest.raises(ValueError, match="schema"):
             Config.from_dict({**raw, "schema": schema})
+
+
+def test_a_short_budget_uses_the_familys_short_recipe_unless_flags_say_otherwise(bars_root: Path) -> None:  # noqa: F811
+    from genai_cli.models import MODELS
+
+    seconds, recipe = MODELS.get("dcgan").short_budget
+    short = training.plan_run(flags(bars_root, "dcgan", **{"train.batch_size": None}), None, budget=seconds).config.train
+    assert (short.batch_size, short.lr) == (recipe["train.batch_size"], recipe["train.lr"])
+    mine = training.plan_run(flags(bars_root, "dcgan", **{"train.batch_size": 8}), None, budget=seconds).config.train
+    assert (mine.batch_size, mine.lr) == (8, recipe["train.lr"])  # a flag the user gave wins
+    long = training.plan_run(flags(bars_root, "dcgan", **{"train.batch_size": 8}), None, budget=seconds * 2).config.train
+    assert long.lr == 2e-4  # a longer budget keeps the paper's recipe

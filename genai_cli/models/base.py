@@ -8,7 +8,7 @@ all that sampling and export need.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -86,3 +86,6 @@ class ModelSpec:
     beta1: float = 0.5
     ema: float = 0.999  # moving average of the generating half's weights; 0 for none
     prior: str = "standard"  # what latents are drawn from: N(0, I), or a Gaussian fitted to the codes (VAEs)
+    # (longest --max-time budget, flag defaults for it): a run of a few minutes sees too few images for
+    # the paper's recipe to get going, and learns faster with more, smaller steps (benchmarks/RESULTS.md)
+    short_budget: tuple[float, dict[str, Any]] | None = None
