@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -584,8 +585,12 @@ def _try_decode(path: Path, channels: int, size: int) -> torch.Tensor | None:
 
 
 def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
-    """One file -> uint8 C×size×size: transparency on white, 16-bit scaled to 8, then a
-    bicubic resize of the shorter side to `size` and a centre crop."""
+    """One file -> uint8 C×size×size: a bicubic resize of the shorter side to `size` and a centre crop."""
+    return image_tensor(ImageOps.fit(open_image(path, channels), (size, size), Image.Resampling.BICUBIC))
+
+
+def open_image(path: Path | BinaryIO, channels: int) -> Image.Image:
+    """One file, decoded as L (channels 1) or RGB: transparency on white, 16-bit scaled to 8."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit range, not 0..255
@@ -596,10 +601,13 @@ def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
         if image.mode not in ("L", "RGB"):  # P, 1, CMYK, YCbCr, RGBA after compositing, ...
             image = image.convert("RGB")
-        image = image.convert("L" if channels == 1 else "RGB")
-        image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
-    return pixels.unsqueeze(0) if channels == 1 else pixels.permute(2, 0, 1).contiguous()
+        return image.convert("L" if channels == 1 else "RGB")
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An L or RGB PIL image -> uint8 C×H×W."""
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 
 
 def _warn_skipped(skipped: list[Path]) -> None:
