@@ -230,9 +230,11 @@ def check_paths(paths: dict[str, str | None]) -> None:
             raise UsageError(f"{flag} is empty; give a path, or leave the flag out for its default")
 
 
-def validate_model(model: ModelConfig) -> None:
-    """Model flags within their ranges (image size and channels are checked with the data)."""
-    for flag, value in (("--latent-dim", model.latent_dim), ("--width", model.width), ("--beta", model.beta)):
+def validate_model(model: ModelConfig, latent: bool = True) -> None:
+    """Model flags within their ranges (image size and channels are checked with the data); `latent`
+    False for a family without one (its --latent-dim is refused where the family's defaults are filled)."""
+    for flag, value in (("--latent-dim", model.latent_dim if latent else None), ("--width", model.width),
+                        ("--beta", model.beta)):
         check_range(flag, value)
 
 

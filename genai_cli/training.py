@@ -100,6 +100,9 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     """Fill family defaults and dataset facts so the stored config is complete."""
     model, data, train = config.model, config.data, config.train
     model.kind = spec.name
+    if spec.shape.translates and model.latent_dim not in (None, spec.latent_dim):
+        raise UsageError(f"--latent-dim does not apply to --model {spec.name}: it translates images and draws no latents; "
+                         "drop --latent-dim")
     model.latent_dim = spec.latent_dim if model.latent_dim is None else model.latent_dim
     model.channels, model.image_size = source.channels, source.image_size
     model.in_channels = source.in_channels if isinstance(source, pairs.PairedSource) else None
@@ -287,10 +290,10 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
     state = ckpt.load_training_state(rundir.real_run_dir(resume)) if resume else None
     base = state.checkpoint.config if state else Config()
     config = apply_flags(base, flags, resuming=state is not None)
-    validate_model(config.model)
+    spec = MODELS.get(config.model.kind)
+    validate_model(config.model, latent=not spec.shape.translates)  # a translating model's is 0: it has none
     validate_train(config.train)
     check_gan_loss(config.train.gan_loss)
-    spec = MODELS.get(config.model.kind)
     device = pick_device(config.train.device)
     source = load_source(config, spec)
     config = resolve_config(config, spec, source)

@@ -618,6 +618,8 @@ CASES: list[Case] = [
          r"img000\.png is 20x20, not two squares side by side", r"use A/ and B/ folders for pairs", logs=True),
     Case("pix2pix/pairs-on-a-noise-model", (fashion,), train(FASHION, pairs="edges"), 2,
          r"--pairs and --direction give pairs of images to a model that translates them", r"drop them"),
+    Case("pix2pix/latent-dim", (fashion,), train(FASHION, model="pix2pix", latent_dim="64"), 2,
+         r"--latent-dim does not apply to --model pix2pix: it translates images", r"drop --latent-dim", logs=True),
     Case("pix2pix/unknown-pairs", (fashion,), train(FASHION, model="pix2pix", pairs="sketch"), 2,
          r"--pairs must be one of folder, edges, masked, downsampled, got 'sketch'", r"one of", logs=True),
     Case("pix2pix/seeds-on-pix2pix", (pix2pix_run, image_folder("pics", classes=())),

@@ -124,6 +124,20 @@ def test_derived_pairs_train(kind: str, idx: Path, tmp_path: Path) -> None:
     assert (Path(result.run_dir) / "samples" / "step_000003.png").is_file()
 
 
+def test_resume_is_bitwise_identical_dropout_included(idx: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from genai_cli import checkpoint as ckpt
+
+    base = {**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "data.pairs": "masked"}
+    straight = training.train({**base, "train.steps": 4}, out=str(tmp_path / "straight"))
+    first = training.train({**base, "train.steps": 2}, out=str(tmp_path / "split"))
+    resumed = training.train({"train.steps": 4}, resume=first.run_dir)
+    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE):
+        a, b = load_file(Path(straight.run_dir) / name), load_file(Path(resumed.run_dir) / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
 def test_derived_inputs() -> None:
     images = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
     images[..., 8:] = 255
