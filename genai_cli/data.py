@@ -299,7 +299,7 @@ def _load_registered(
     channels, image_size = channels or images.shape[1], image_size or images.shape[-1]
     require_memory(len(images) * channels * image_size**2, f"the {len(images)} images of {key} at {image_size}x{image_size}",
                    "use a smaller --image-size")
-    images = _convert(images, channels, image_size)
+    images = convert_images(images, channels, image_size)
     return InMemorySource(
         key, classes, images.shape[1], images.shape[-1], str(paths[0].parent), labels, images
     )
@@ -469,7 +469,7 @@ def _read_cifar(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, list[str
     return images, torch.from_numpy(records[:, 0].astype(np.int64)), classes
 
 
-def _convert(images: torch.Tensor, channels: int, size: int, chunk: int = 4096) -> torch.Tensor:
+def convert_images(images: torch.Tensor, channels: int, size: int, chunk: int = 4096) -> torch.Tensor:
     """Channels and size of a uint8 N×C×H×W tensor, once at load, in chunks to bound memory."""
     if images.shape[1] == channels and images.shape[-2:] == (size, size):
         return images
@@ -492,7 +492,7 @@ def _load_folder(folder: Path, channels: int | None, image_size: int | None) -> 
     """Decoded into memory when it fits in MEMORY_BUDGET_BYTES, else streamed from disk."""
     files, labels, classes = _scan_folder(folder)
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        modes = list(pool.map(_peek_mode, files))
+        modes = list(pool.map(peek_mode, files))
     skipped = [f for f, mode in zip(files, modes) if mode is None]
     keep = [i for i, mode in enumerate(modes) if mode is not None]
     channels = channels or (1 if all(modes[i] in GRAY_MODES for i in keep) else 3)
@@ -519,8 +519,8 @@ def _load_folder(folder: Path, channels: int | None, image_size: int | None) -> 
 def _scan_folder(folder: Path) -> tuple[list[Path], torch.Tensor | None, list[str]]:
     """Class sub-folders (sorted) give labels; a folder with loose images only is unlabelled."""
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = {d.name: _image_files(d, recursive=True) for d in subdirs}
-    loose = _image_files(folder, recursive=False)
+    per_class = {d.name: image_files(d, recursive=True) for d in subdirs}
+    loose = image_files(folder, recursive=False)
     if not any(per_class.values()):
         if not loose:
             raise DataError(
@@ -541,7 +541,7 @@ def _scan_folder(folder: Path) -> tuple[list[Path], torch.Tensor | None, list[st
     return files, torch.tensor(labels, dtype=torch.int64), classes
 
 
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
+def image_files(folder: Path, recursive: bool) -> list[Path]:
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         p
@@ -550,7 +550,7 @@ def _image_files(folder: Path, recursive: bool) -> list[Path]:
     )
 
 
-def _peek_mode(path: Path) -> str | None:
+def peek_mode(path: Path) -> str | None:
     """The image mode from the header alone (cheap); None when it is not an image."""
     try:
         with Image.open(path) as image:
@@ -579,12 +579,12 @@ def _decode_all(files: list[Path], channels: int, size: int) -> tuple[torch.Tens
 
 def _try_decode(path: Path, channels: int, size: int) -> torch.Tensor | None:
     try:
-        return _decode_image(path, channels, size)
+        return decode_image(path, channels, size)
     except Exception:  # noqa: BLE001 - PIL raises many types on bad files
         return None
 
 
-def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
+def decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
     """One file -> uint8 C×size×size: a bicubic resize of the shorter side to `size` and a centre crop."""
     return image_tensor(ImageOps.fit(open_image(path, channels), (size, size), Image.Resampling.BICUBIC))
 

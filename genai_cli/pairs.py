@@ -32,12 +32,12 @@ from genai_cli.data import (
     FOLDER_IMAGE_SIZE,
     GRAY_MODES,
     InMemorySource,
-    _convert,
-    _image_files,
-    _peek_mode,
+    convert_images,
+    image_files,
     image_tensor,
     load_dataset,
     open_image,
+    peek_mode,
 )
 from genai_cli.errors import UsageError
 from genai_cli.resources import require_memory
@@ -107,8 +107,8 @@ def load_like(config: Config, name: str, data_dir: str | None, split: str) -> Pa
     kind = "folder" if folder else str(config.data.pairs)
     source = load_pairs(name, kind, config.data.direction, data_dir=data_dir, split=split,
                         image_size=model.image_size, channels=None if folder else model.channels)
-    source.labels = _convert(source.inputs, model.in_channels or model.channels, model.image_size)
-    source.images = _convert(source.images, model.channels, model.image_size)
+    source.labels = convert_images(source.inputs, model.in_channels or model.channels, model.image_size)
+    source.images = convert_images(source.images, model.channels, model.image_size)
     source.channels = model.channels
     return source
 
@@ -151,7 +151,7 @@ def read_pair_folder(folder: Path, split: str, channels: int | None,
     else:
         where = next((folder / s for s in (split, *(("val",) if split == "test" else ())) if (folder / s).is_dir()),
                      folder)
-        files = _image_files(where, recursive=False)
+        files = image_files(where, recursive=False)
         if not files:
             raise UsageError(f"no paired images in {where}: give a folder of side-by-side A|B images, or one with A/ "
                              "and B/ sub-folders whose files pair by name")
@@ -166,8 +166,8 @@ def read_pair_folder(folder: Path, split: str, channels: int | None,
 
 def named_pairs(a_dir: Path, b_dir: Path) -> list[tuple[Path, Path]]:
     """A/x.* with B/x.*; a file without its partner is a usage error that names it."""
-    a_files = {f.stem: f for f in _image_files(a_dir, recursive=False)}
-    b_files = {f.stem: f for f in _image_files(b_dir, recursive=False)}
+    a_files = {f.stem: f for f in image_files(a_dir, recursive=False)}
+    b_files = {f.stem: f for f in image_files(b_dir, recursive=False)}
     for mine, theirs, other in ((a_files, b_files, b_dir), (b_files, a_files, a_dir)):
         if lonely := sorted(set(mine) - set(theirs)):
             first = mine[lonely[0]]
@@ -182,7 +182,7 @@ def named_pairs(a_dir: Path, b_dir: Path) -> list[tuple[Path, Path]]:
 def side_modes(files: list[Path]) -> int:
     """1 channel when every image of a side is grayscale, else 3."""
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        modes = list(pool.map(_peek_mode, dict.fromkeys(files)))
+        modes = list(pool.map(peek_mode, dict.fromkeys(files)))
     return 1 if all(m in GRAY_MODES for m in modes) else 3
 
 
@@ -202,4 +202,5 @@ def decode_pair(a_path: Path, b_path: Path, channels: list[int], size: int) -> t
     elif a.size != b.size:
         raise UsageError(f"{a_path} is {a.size[0]}x{a.size[1]} but its partner {b_path} is {b.size[0]}x{b.size[1]}; "
                          "a pair must be the same size: resize one of them")
-    return tuple(image_tensor(ImageOps.fit(side, (size, size), Image.Resampling.BICUBIC)) for side in (a, b))  # type: ignore[return-value]
+    fit = lambda side: image_tensor(ImageOps.fit(side, (size, size), Image.Resampling.BICUBIC))  # noqa: E731
+    return fit(a), fit(b)

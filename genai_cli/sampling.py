@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from genai_cli import checkpoint as ckpt
+from genai_cli import data, pairs
 from genai_cli import images as imgs
 from genai_cli.config import Config, check_range
 from genai_cli.console import emit_bytes
@@ -232,8 +233,6 @@ class Translations:
 def read_inputs(spec: str, config: Config, n: int | None) -> Translations:
     """`-` (one PNG on stdin), an image file, a folder of images, or NAME[:SPLIT], a dataset or paired
     folder whose pairs are made as the model's were (split test unless given), with targets."""
-    from genai_cli import data, pairs
-
     cfg = config.model
     in_channels, size = cfg.in_channels or cfg.channels or 1, cfg.image_size or 1
     path = Path(spec).expanduser()
@@ -249,7 +248,7 @@ def read_inputs(spec: str, config: Config, n: int | None) -> Translations:
     if path.is_file():
         return Translations(decode_inputs([path], in_channels, size), None, [path.stem], str(path))
     if path.is_dir() and not ((path / "A").is_dir() and (path / "B").is_dir()):
-        files = data._image_files(path, recursive=False)[:n]
+        files = data.image_files(path, recursive=False)[:n]
         if not files:
             raise UsageError(f"--input {spec} holds no images; give a folder of images, an image, or - for stdin")
         return Translations(decode_inputs(files, in_channels, size), None, [f.stem for f in files], str(path))
@@ -264,12 +263,10 @@ def read_inputs(spec: str, config: Config, n: int | None) -> Translations:
 
 
 def decode_inputs(files: list[Path], channels: int, size: int) -> torch.Tensor:
-    from genai_cli import data
-
     images = []
     for f in files:
         try:
-            images.append(data._decode_image(f, channels, size))
+            images.append(data.decode_image(f, channels, size))
         except Exception as err:  # noqa: BLE001 - PIL raises many types on bad files
             raise UsageError(f"cannot read {f} as an image ({type(err).__name__}); replace or remove it") from err
     return torch.stack(images)
