@@ -23,7 +23,7 @@ from genai_cli.errors import ExitCode, GateFailed, GenaiError, Terminated, Usage
 
 app = typer.Typer(
     name="genai",
-    help="Train, sample, evaluate and export image generative models (GAN, DCGAN, cGAN, VAE).",
+    help="Train, sample, evaluate and export image generative models (GAN, DCGAN, cGAN, VAE, pix2pix).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -114,10 +114,12 @@ def main_options(
 
 @app.command()
 def train(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"gan, dcgan, cgan, vae or cvae. \\[default: {_M.kind}]")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"gan, dcgan, cgan, vae, cvae or pix2pix. \\[default: {_M.kind}]")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help=f"mnist, fashion-mnist, kmnist, cifar10 or an image folder. \\[default: {_D.name}]")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Dataset root (else $GENAI_DATA_DIR, else ~/.cache/genai/datasets).")] = None,
     split: Annotated[Optional[str], typer.Option(help=f"Dataset split to train on. \\[default: {_D.split}]")] = None,
+    pairs: Annotated[Optional[str], typer.Option(help="pix2pix pairs: folder (--data holds A|B images, or A/ and B/ whose files pair by name), or inputs derived from --data's images: edges, masked (inpainting) or downsampled (4x super-resolution). \\[default: folder for a folder, else edges]")] = None,
+    direction: Annotated[Optional[str], typer.Option(help=f"pix2pix: AtoB (A is the input) or BtoA. \\[default: {_D.direction}]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Passes over the data. \\[default: {_T.epochs}]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Total optimisation steps (overrides --epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help=f"\\[default: {_T.batch_size}]")] = None,
@@ -155,7 +157,7 @@ def train(
     flags: dict[str, Any] = {
         "model.kind": model, "model.latent_dim": latent_dim, "model.image_size": image_size,
         "model.channels": channels, "model.width": width, "model.beta": beta, "model.norm": norm, "model.prior": prior,
-        "data.name": data, "data.data_dir": data_dir, "data.split": split,
+        "data.name": data, "data.data_dir": data_dir, "data.split": split, "data.pairs": pairs, "data.direction": direction,
         "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
         "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.seed": seed,
         "train.device": device, "train.log_every": log_every, "train.sample_every": sample_every,
@@ -197,6 +199,7 @@ def sample(
     label: Annotated[Optional[str], typer.Option(help="Class index or name, for conditional models.")] = None,
     nrow: Annotated[Optional[int], typer.Option(help="Images per grid row.")] = None,
     interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Latent walk between two seeds A B.")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="pix2pix: what to translate: an image, a folder of images, - for a PNG on stdin, or NAME[:SPLIT] (a dataset, or a folder with A/ and B/) for a grid of input | output | target.")] = None,
     steps: Annotated[int, typer.Option(help="Frames of the --interpolate walk.")] = 10,
     device: Device = None,
     force: Force = False,
@@ -204,9 +207,9 @@ def sample(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Generate images from a trained model."""
+    """Generate images from a trained model, or translate --input images with a pix2pix model."""
     with reporting_errors(quiet, debug):
-        check_paths({"--out": out, "--checkpoint": checkpoint})
+        check_paths({"--out": out, "--checkpoint": checkpoint, "--input": input})
         if out == "-" and console.stdout_is_terminal():
             raise UsageError("--out - writes PNG bytes to stdout, which is a terminal; pipe it or redirect it to a file")
         if out == "-" and json_out:
@@ -215,7 +218,7 @@ def sample(
 
         result = sampling.run_sample(sampling.SampleRequest(
             out=out, checkpoint=checkpoint, n=n, seeds=seeds, seed=seed, label=label, per_row=nrow,
-            interpolate=interpolate, steps=steps, device=device or "auto", force=force,
+            interpolate=interpolate, steps=steps, device=device or "auto", force=force, input=input,
         ))
         if json_out:
             console.emit_json(result)
@@ -228,7 +231,7 @@ def sample(
 def evaluate(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Run directory or model.safetensors. \\[default: runs/latest]")] = None,
     n: Annotated[int, typer.Option("--n", "-n", help="Generated (and at most as many real reference) images.")] = 10_000,
-    metrics: Annotated[Optional[str], typer.Option(help="Comma list of fid, kid, is, pr, dc, acc, nll. \\[default: all that apply]")] = None,
+    metrics: Annotated[Optional[str], typer.Option(help="Comma list of fid, kid, is, pr, dc, acc, nll, paired (pix2pix: l1, psnr, ssim). \\[default: all that apply]")] = None,
     features: Annotated[str, typer.Option(help="classifier (fast, genai's per-dataset CNN) or inception (the FID network).")] = "classifier",
     inception_weights: Annotated[Optional[str], typer.Option(help="FID Inception file (else $GENAI_INCEPTION_WEIGHTS, the caches, a download).")] = None,
     real: Annotated[bool, typer.Option("--real", help="Score the train split instead of a model: the real-data floor.")] = False,

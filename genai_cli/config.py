@@ -17,7 +17,7 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 3  # 2: train.lr_decay_start; 3: model.prior. Older configs load with what their runs did.
+SCHEMA_VERSION = 4  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix). Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
 SEED_RANGE = (0, 2**64 - 1)
@@ -36,6 +36,7 @@ class ModelConfig:
     beta: float = 1.0  # VAE: weight of the KL term (beta-VAE)
     norm: str = "batch"  # "batch", "group" or "none" (see models.blocks.norm_layer)
     prior: str | None = None  # latents: "standard" N(0, I) or "fitted" to the codes (VAEs); family default
+    in_channels: int | None = None  # channels of the input image, for models that translate one (pix2pix)
 
 
 @dataclass
@@ -44,6 +45,8 @@ class DataConfig:
     data_dir: str | None = None
     split: str = "train"
     classes: list[str] = field(default_factory=list)  # filled from the dataset
+    pairs: str | None = None  # paired data (pix2pix): "folder", or inputs derived from the images: "edges", ...
+    direction: str = "AtoB"  # which side of a paired folder is the input
 
 
 @dataclass
@@ -98,14 +101,19 @@ class Config:
 
 
 # What each schema added, and the value that reproduces how runs of older schemas trained and sample.
-UPGRADES = {2: ("train", "lr_decay_start", 1.0), 3: ("model", "prior", "standard")}
+UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
+    2: (("train", "lr_decay_start", 1.0),),
+    3: (("model", "prior", "standard"),),
+    4: (("model", "in_channels", None), ("data", "pairs", None), ("data", "direction", "AtoB")),
+}
 
 
 def _upgrade(raw: dict[str, Any], schema: int) -> dict[str, Any]:
     """An older config with the fields later schemas added, set to what its run did."""
-    for version, (section, name, value) in UPGRADES.items():
-        if schema < version and isinstance(raw.get(section), dict):
-            raw = {**raw, section: {name: value, **raw[section]}}
+    for version, fields in UPGRADES.items():
+        for section, name, value in fields:
+            if schema < version and isinstance(raw.get(section), dict):
+                raw = {**raw, section: {name: value, **raw[section]}}
     return raw
 
 
@@ -222,9 +230,11 @@ def check_paths(paths: dict[str, str | None]) -> None:
             raise UsageError(f"{flag} is empty; give a path, or leave the flag out for its default")
 
 
-def validate_model(model: ModelConfig) -> None:
-    """Model flags within their ranges (image size and channels are checked with the data)."""
-    for flag, value in (("--latent-dim", model.latent_dim), ("--width", model.width), ("--beta", model.beta)):
+def validate_model(model: ModelConfig, latent: bool = True) -> None:
+    """Model flags within their ranges (image size and channels are checked with the data); `latent`
+    False for a family without one (its --latent-dim is refused where the family's defaults are filled)."""
+    for flag, value in (("--latent-dim", model.latent_dim if latent else None), ("--width", model.width),
+                        ("--beta", model.beta)):
         check_range(flag, value)
 
 

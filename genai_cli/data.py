@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -298,7 +299,7 @@ def _load_registered(
     channels, image_size = channels or images.shape[1], image_size or images.shape[-1]
     require_memory(len(images) * channels * image_size**2, f"the {len(images)} images of {key} at {image_size}x{image_size}",
                    "use a smaller --image-size")
-    images = _convert(images, channels, image_size)
+    images = convert_images(images, channels, image_size)
     return InMemorySource(
         key, classes, images.shape[1], images.shape[-1], str(paths[0].parent), labels, images
     )
@@ -468,7 +469,7 @@ def _read_cifar(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, list[str
     return images, torch.from_numpy(records[:, 0].astype(np.int64)), classes
 
 
-def _convert(images: torch.Tensor, channels: int, size: int, chunk: int = 4096) -> torch.Tensor:
+def convert_images(images: torch.Tensor, channels: int, size: int, chunk: int = 4096) -> torch.Tensor:
     """Channels and size of a uint8 N×C×H×W tensor, once at load, in chunks to bound memory."""
     if images.shape[1] == channels and images.shape[-2:] == (size, size):
         return images
@@ -491,7 +492,7 @@ def _load_folder(folder: Path, channels: int | None, image_size: int | None) -> 
     """Decoded into memory when it fits in MEMORY_BUDGET_BYTES, else streamed from disk."""
     files, labels, classes = _scan_folder(folder)
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        modes = list(pool.map(_peek_mode, files))
+        modes = list(pool.map(peek_mode, files))
     skipped = [f for f, mode in zip(files, modes) if mode is None]
     keep = [i for i, mode in enumerate(modes) if mode is not None]
     channels = channels or (1 if all(modes[i] in GRAY_MODES for i in keep) else 3)
@@ -518,8 +519,8 @@ def _load_folder(folder: Path, channels: int | None, image_size: int | None) -> 
 def _scan_folder(folder: Path) -> tuple[list[Path], torch.Tensor | None, list[str]]:
     """Class sub-folders (sorted) give labels; a folder with loose images only is unlabelled."""
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = {d.name: _image_files(d, recursive=True) for d in subdirs}
-    loose = _image_files(folder, recursive=False)
+    per_class = {d.name: image_files(d, recursive=True) for d in subdirs}
+    loose = image_files(folder, recursive=False)
     if not any(per_class.values()):
         if not loose:
             raise DataError(
@@ -540,7 +541,7 @@ def _scan_folder(folder: Path) -> tuple[list[Path], torch.Tensor | None, list[st
     return files, torch.tensor(labels, dtype=torch.int64), classes
 
 
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
+def image_files(folder: Path, recursive: bool) -> list[Path]:
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         p
@@ -549,7 +550,7 @@ def _image_files(folder: Path, recursive: bool) -> list[Path]:
     )
 
 
-def _peek_mode(path: Path) -> str | None:
+def peek_mode(path: Path) -> str | None:
     """The image mode from the header alone (cheap); None when it is not an image."""
     try:
         with Image.open(path) as image:
@@ -578,14 +579,18 @@ def _decode_all(files: list[Path], channels: int, size: int) -> tuple[torch.Tens
 
 def _try_decode(path: Path, channels: int, size: int) -> torch.Tensor | None:
     try:
-        return _decode_image(path, channels, size)
+        return decode_image(path, channels, size)
     except Exception:  # noqa: BLE001 - PIL raises many types on bad files
         return None
 
 
-def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
-    """One file -> uint8 C×size×size: transparency on white, 16-bit scaled to 8, then a
-    bicubic resize of the shorter side to `size` and a centre crop."""
+def decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
+    """One file -> uint8 C×size×size: a bicubic resize of the shorter side to `size` and a centre crop."""
+    return image_tensor(ImageOps.fit(open_image(path, channels), (size, size), Image.Resampling.BICUBIC))
+
+
+def open_image(path: Path | BinaryIO, channels: int) -> Image.Image:
+    """One file, decoded as L (channels 1) or RGB: transparency on white, 16-bit scaled to 8."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit range, not 0..255
@@ -596,10 +601,13 @@ def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
         if image.mode not in ("L", "RGB"):  # P, 1, CMYK, YCbCr, RGBA after compositing, ...
             image = image.convert("RGB")
-        image = image.convert("L" if channels == 1 else "RGB")
-        image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
-    return pixels.unsqueeze(0) if channels == 1 else pixels.permute(2, 0, 1).contiguous()
+        return image.convert("L" if channels == 1 else "RGB")
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An L or RGB PIL image -> uint8 C×H×W."""
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 
 
 def _warn_skipped(skipped: list[Path]) -> None:

@@ -21,24 +21,24 @@ import torch
 import torch.nn.functional as F
 
 from genai_cli import checkpoint as ckpt
-from genai_cli import console, metrics, resources, rundir, sampling
+from genai_cli import console, metrics, pairs, resources, rundir, sampling
 from genai_cli import features as feats
 from genai_cli.config import Bound, check_range
 from genai_cli.console import json_safe
-from genai_cli.data import ImageSource, load_dataset
+from genai_cli.data import DATASETS, ImageSource, load_dataset
 from genai_cli.errors import GenaiError, UsageError
 from genai_cli.fileio import append_line
 from genai_cli.models import GenerativeModel, VariationalModel
 from genai_cli.runtime import pick_device, seed_everything
 
 DISTRIBUTION_METRICS = ("fid", "kid", "is", "pr", "dc")
-ALL_METRICS = (*DISTRIBUTION_METRICS, "acc", "nll")
+ALL_METRICS = (*DISTRIBUTION_METRICS, "acc", "nll", "paired")
 # Gate metric -> the --metrics group that computes it.
 GATE_SOURCES = {"fid": "fid", "kid": "kid", "is": "is", "precision": "pr", "recall": "pr", "density": "dc",
                 "coverage": "dc", "acc": "acc", "acc_ratio_min": "acc", "intra_fid": "acc", "elbo": "nll", "nll": "nll",
-                "recon_mse": "nll"}
+                "recon_mse": "nll", "l1": "paired", "psnr": "paired", "ssim": "paired"}
 GATE_METRICS = tuple(GATE_SOURCES)
-NEEDS = {"acc": "a conditional model (cgan, cvae)", "nll": "a VAE (vae, cvae)"}
+NEEDS = {"acc": "a conditional model (cgan, cvae)", "nll": "a VAE (vae, cvae)", "paired": "a translating model (pix2pix)"}
 # What --ref-stats (the reference's feature mean and covariance, no features) is enough for.
 STATS_METRICS = ("fid", "is", "acc", "nll")
 NEEDS_FEATURES = "the reference's features, which --ref-stats does not hold (only their mean and covariance)"
@@ -136,7 +136,11 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     seed_everything(req.seed)  # the VAE bounds sample latents
     started = time.perf_counter()
     model, loaded = (None, None) if req.real or req.images else ckpt.load_model(req.checkpoint, device)
+    translates = model is not None and model.translates
     asked, applicable = choose_metrics(req, model)
+    unjudged = translates and req.features == "classifier" and (req.data or loaded.config.data.name) not in DATASETS
+    if unjudged and req.metrics is None:  # pairs from a folder have no classes to train genai's classifier on
+        asked = ["paired"]
     if req.ref_stats:
         asked, applicable = stats_only(req, asked, applicable)
     check_gates_apply(gates, asked, applicable, f"a {model.config.kind}" if model else "images without a model")
@@ -147,30 +151,43 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
                                  "use a smaller --n")
     stats = feats.read_reference_stats(req.ref_stats, dim) if req.ref_stats else None
     reference = None
-    if stats is None or "acc" in asked or "nll" in asked:  # statistics alone stand in for the reference's features
-        reference = load_dataset(dataset, data_dir=data_dir, split=req.split, channels=shape[0], image_size=shape[1])
+    if stats is None or "acc" in asked or "nll" in asked or translates:  # statistics alone stand in for the reference's features
+        reference = (pairs.load_like(loaded.config, dataset, data_dir, req.split) if translates and loaded else
+                     load_dataset(dataset, data_dir=data_dir, split=req.split, channels=shape[0], image_size=shape[1]))
     if "acc" in asked:
         check_classes(loaded, reference, dataset)
-    extractor, classifier_info = make_extractor(req.features, weights, dataset, data_dir, shape, device)
-    candidates = gather_candidates(req, model, dataset, data_dir, shape, device)
+    candidates = gather_candidates(req, model, dataset, data_dir, shape, device, reference)
     n_real = stats.n if stats is not None else min(req.n, len(reference))
-    if stats is not None:
-        real_f = stats
-    else:
-        real_images = reference.all_images()[:n_real]
-        key = feats.features_key(dataset, req.split, real_images, extractor)
-        real_f, _ = feats.cached_features(key, real_images, extractor, progress=f"{extractor.name} features of {dataset} {req.split}")
-    fake_f, fake_logits = candidate_features(req, candidates, dataset, extractor)
-    results, not_computed = distribution_metrics(asked, real_f, fake_f, fake_logits)
+    results: dict[str, Any] = {}
+    not_computed: dict[str, str] = {}
+    extractor, classifier_info = None, None
+    if asked != ["paired"]:  # the paired distances alone compare pixels, not features
+        extractor, classifier_info = make_extractor(req.features, weights, dataset, data_dir, shape, device)
+        if stats is not None:
+            real_f = stats
+        else:
+            real_images = reference.all_images()[:n_real]
+            key = feats.features_key(dataset, req.split, real_images, extractor)
+            real_f, _ = feats.cached_features(key, real_images, extractor, progress=f"{extractor.name} features of {dataset} {req.split}")
+        fake_f, fake_logits = candidate_features(req, candidates, dataset, extractor)
+        results, not_computed = distribution_metrics(asked, real_f, fake_f, fake_logits)
+    elif unjudged:
+        not_computed["fid"] = "genai's classifier needs a labelled dataset, and pairs from a folder have none; add --features inception"
     if "acc" in asked:
         results |= conditional_metrics(candidates, reference, n_real, real_f, fake_f, dataset, data_dir, shape, device,
                                        not_computed)
+    if "paired" in asked:
+        results |= metrics.paired(candidates.images, reference.all_images()[: len(candidates.images)])
+        if math.isnan(results["ssim"]):
+            not_computed["ssim"] = f"needs images of at least {metrics.SSIM_WINDOW} px, the side of its window"
     if "nll" in asked:
         results |= vae_metrics(model, reference.all_images()[: req.n], reference.all_labels(), req.iw_samples, device)
-    warn_small_sets(asked, results, real_f, fake_f, not_computed)
+    if extractor is not None:
+        warn_small_sets(asked, results, real_f, fake_f, not_computed)
     protocol = {
-        "extractor": extractor.name, "weights": extractor.weights, "weights_sha256": extractor.weights_sha256,
-        "preprocess": extractor.protocol, "candidates": candidates.description, "n_generated": len(candidates.images),
+        "extractor": extractor and extractor.name, "weights": extractor and extractor.weights,
+        "weights_sha256": extractor and extractor.weights_sha256, "preprocess": extractor and extractor.protocol,
+        "candidates": candidates.description, "n_generated": len(candidates.images),
         "reference": f"statistics in {req.ref_stats}" if stats is not None else f"{dataset} {req.split}",
         "n_real": n_real or None, "seed": req.seed,
         "kid": "100 subsets of 1000, poly kernel", "pr_k": metrics.PR_K, "dc_k": metrics.DC_K, "is_splits": metrics.IS_SPLITS,
@@ -228,7 +245,7 @@ def reference_facts(req: EvalRequest, loaded: ckpt.Checkpoint | None) -> tuple[s
 
 
 def gather_candidates(req: EvalRequest, model: GenerativeModel | None, dataset: str, data_dir: str | None,
-                      shape: tuple[int, int], device: torch.device) -> Candidates:
+                      shape: tuple[int, int], device: torch.device, reference: ImageSource | None) -> Candidates:
     if req.real:
         train = load_dataset(dataset, data_dir=data_dir, split="train", channels=shape[0], image_size=shape[1])
         n = min(req.n, len(train))
@@ -237,6 +254,11 @@ def gather_candidates(req: EvalRequest, model: GenerativeModel | None, dataset: 
         folder = load_dataset(req.images, channels=shape[0], image_size=shape[1])
         return Candidates(folder.all_images()[: req.n], None, f"images in {req.images}")
     assert model is not None
+    if isinstance(reference, pairs.PairedSource):  # a translating model: its outputs for the split's inputs
+        n = min(req.n, len(reference))
+        outputs = sampling.translate(model, reference.inputs[:n], device)
+        return Candidates(outputs, None, f"translations of the first {n} {reference.pairs} inputs of {dataset} "
+                          f"{req.split}", model)
     seeds = list(range(req.seed, req.seed + req.n))
     labels = torch.arange(req.n) % model.config.num_classes if model.conditional else None
     images = sampling.generate(model, sampling.latents(seeds, model.latent_dim), labels, device)
@@ -259,7 +281,8 @@ def _first(labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
 
 def choose_metrics(req: EvalRequest, model: GenerativeModel | None) -> tuple[list[str], list[str]]:
     """(the metrics to compute, every metric that applies here)."""
-    applicable = list(DISTRIBUTION_METRICS)
+    # a translating model: FID of its outputs against the targets (plus its own paired distances)
+    applicable = ["fid"] if model is not None and model.translates else list(DISTRIBUTION_METRICS)
     if model is not None and model.conditional:
         applicable.append("acc")
     if model is not None:
@@ -270,7 +293,8 @@ def choose_metrics(req: EvalRequest, model: GenerativeModel | None) -> tuple[lis
         if name not in ALL_METRICS:
             raise UsageError(f"unknown metric {name!r}; choose from: {', '.join(ALL_METRICS)}")
         if name not in applicable:
-            raise UsageError(f"metric {name!r} does not apply here ({name} needs {NEEDS[name]})")
+            raise UsageError(f"metric {name!r} does not apply here ({name} needs "
+                             f"{NEEDS.get(name, 'a model that samples from noise; a translating model has fid and paired')})")
     return req.metrics, applicable
 
 

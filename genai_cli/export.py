@@ -2,7 +2,8 @@
 
 What ships is the generating half only (generator or decoder: latent [+ label] -> image),
 wrapped so the exported graph has exactly the inputs `z` (float32 [batch, latent]) and
-`label` (int64 [batch], conditional models only) and the output `image` (float32
+`label` (int64 [batch], conditional models only), or `input` (float32 [batch, C, H, W] in
+[-1, 1]) for a model that translates images (pix2pix), and the output `image` (float32
 [batch, C, H, W] in [-1, 1], or [0, 1] with `unit_range`), with a dynamic batch dimension.
 
 Formats: ONNX (torch.onnx.export with dynamo, metadata in `metadata_props`), pt2
@@ -96,14 +97,32 @@ class ConditionalImages(nn.Module):
         return image * 0.5 + 0.5 if self.unit_range else image
 
 
+class TranslatedImages(nn.Module):
+    """forward(input) -> image, for models that translate an input image (pix2pix), both in [-1, 1]; the
+    graph's output is already called `image`."""
+
+    def __init__(self, net: nn.Module, unit_range: bool) -> None:
+        super().__init__()
+        self.net, self.unit_range = net, unit_range
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        image = self.net(input)
+        return image * 0.5 + 0.5 if self.unit_range else image
+
+
 def exported_module(model: GenerativeModel, unit_range: bool = False) -> nn.Module:
-    """The generating half in eval mode (BatchNorm uses its running statistics) with named inputs."""
-    wrapper = ConditionalImages if model.conditional else UnconditionalImages
+    """The generating half in eval mode (BatchNorm uses its running statistics, dropout is off) with named inputs."""
+    wrapper = TranslatedImages if model.translates else ConditionalImages if model.conditional else UnconditionalImages
     return wrapper(model.generating_half(), unit_range).eval()
 
 
 def example_inputs(model: GenerativeModel, batch: int) -> tuple[torch.Tensor, ...]:
-    """Latents of seeds 0..batch-1 (as `genai sample --seed 0`) and labels cycling through every class."""
+    """Latents of seeds 0..batch-1 (as `genai sample --seed 0`) and labels cycling through every class; for a
+    translating model, seeded uniform noise images in [-1, 1]."""
+    m = model.config
+    if model.translates:
+        shape = (batch, m.in_channels or m.channels or 1, m.image_size or 1, m.image_size or 1)
+        return (torch.rand(shape, generator=torch.Generator().manual_seed(batch)) * 2 - 1,)
     z = latents(list(range(batch)), model.latent_dim)
     return (z, torch.arange(batch) % model.config.num_classes) if model.conditional else (z,)
 
@@ -112,6 +131,8 @@ def export_metadata(model: GenerativeModel, loaded: ckpt.Checkpoint, unit_range:
     """What a consumer needs to feed the graph and read its output, plus provenance."""
     config, m = loaded.config, model.config
     inputs = {"z": f"float32 [batch, {model.latent_dim}], standard normal"}
+    if model.translates:
+        inputs = {"input": f"float32 [batch, {m.in_channels or m.channels}, {m.image_size}, {m.image_size}] in [-1, 1]"}
     if model.conditional:
         inputs["label"] = f"int64 [batch], class index 0..{m.num_classes - 1}"
     return {
@@ -214,12 +235,15 @@ def model_card(model: GenerativeModel, loaded: ckpt.Checkpoint, dtype: str) -> s
         "## Use",
         "",
         "```sh",
+        "genai sample --checkpoint THIS_FOLDER --input IMAGES/ --out translated/" if model.translates else
         "genai sample --checkpoint THIS_FOLDER --n 64 --out grid.png",
         "genai info THIS_FOLDER",
         "```",
         "",
         "Without genai: rebuild the network from `config.json` and load the weights with",
         f"`safetensors.torch.load_file('model.safetensors')` (names start with `{prefix}`; cast to float32).",
+        f"Input images in [-1, 1] of shape [batch, {m.in_channels or m.channels}, {m.image_size}, {m.image_size}]; "
+        f"`{prefix[:-1]}(images)` returns their translations in [-1, 1]." if model.translates else
         f"Input `z` ~ N(0, I) of shape [batch, {model.latent_dim}]"
         + (", `labels` int64 class indices" if model.conditional else "")
         + f"; `{prefix[:-1]}(z{label_arg})` returns images in [-1, 1].",
@@ -464,7 +488,8 @@ def info_text(info: dict[str, Any]) -> str:
     c, h, w = info["image_shape"]
     rows = [
         ("kind", f"{info['kind']} ({what})"),
-        ("model", f"latent {info['latent_dim']}, width {m['width']}, image {c}x{h}x{w}, "
+        ("model", (f"input {m['in_channels']}x{h}x{w}" if m.get("in_channels") else f"latent {info['latent_dim']}")
+                  + f", width {m['width']}, image {c}x{h}x{w}, "
                   + (f"{m['num_classes']} classes" if m["num_classes"] else "unconditional")),
         ("trained", f"step {info['step']}, epoch {info['epoch']}, on {info['dataset']} (device {info['device']}, genai {info['version']})"),
         *([("classes", ", ".join(info["classes"]))] if info["classes"] else []),

@@ -137,3 +137,39 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = DC_K) -> t
     real, fake = real.float(), fake.float()
     counts, covered, _ = _real_balls(real, fake, _kth_neighbour_radius(real, k))
     return float(counts.float().mean() / k), float(covered.float().mean())
+
+
+# ---------------------------------------------------------------- paired images (translation models)
+
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. (2004)
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # (K * L)^2 with L = 1: intensities in [0, 1]
+PSNR_CAP = 100.0  # dB for an exact match, where 10 log10(1 / 0) is infinite
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of float N×C×H×W images in [0, 1]: a Gaussian window (11×11, σ 1.5) over the
+    valid region, channels averaged, as Wang et al. (2004) and scikit-image's gaussian_weights=True."""
+    coords = torch.arange(SSIM_WINDOW, dtype=torch.float64) - SSIM_WINDOW // 2
+    g = torch.exp(-coords**2 / (2 * SSIM_SIGMA**2))
+    g = g / g.sum()
+    channels = x.shape[1]
+    window = (g[:, None] * g[None, :]).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW)
+    x, y = x.double(), y.double()
+    blur = lambda t: torch.nn.functional.conv2d(t, window, groups=channels)  # noqa: E731
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2))
+    return s.flatten(1).mean(1)
+
+
+def paired(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """L1, PSNR (dB, per image then averaged) and SSIM of uint8 outputs against their targets, on [0, 1]."""
+    x, y = outputs.double() / 255, targets.double() / 255
+    mse = (x - y).pow(2).flatten(1).mean(1)
+    psnr = torch.where(mse > 0, 10 * torch.log10(1 / mse.clamp_min(1e-300)), torch.tensor(PSNR_CAP, dtype=torch.float64))
+    small = min(x.shape[-2:]) < SSIM_WINDOW  # smaller than the window: padding adds no information, so refuse it
+    return {
+        "l1": float((x - y).abs().mean()),
+        "psnr": float(psnr.clamp(max=PSNR_CAP).mean()),
+        "ssim": math.nan if small else float(ssim(x, y).mean()),
+    }

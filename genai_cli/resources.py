@@ -15,7 +15,7 @@ from torch import nn
 
 from genai_cli.config import ModelConfig
 from genai_cli.errors import UsageError
-from genai_cli.models import AdversarialModel, GenerativeModel, ModelSpec, VariationalModel
+from genai_cli.models import GenerativeModel, ModelSpec, VariationalModel
 
 USABLE_FRACTION = 0.8  # of the memory available now: the rest is the OS's and other programs'
 CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
@@ -83,15 +83,16 @@ def training_step_bytes(model: GenerativeModel, batch: int) -> int:
     m = model.config
     labels = torch.zeros(batch, dtype=torch.long, device="meta") if model.conditional else None
     images = torch.zeros(batch, m.channels, m.image_size, m.image_size, device="meta")
+    if model.translates:  # G reads an input image, which D sees beside its output
+        labels = torch.zeros(batch, m.in_channels or m.channels, m.image_size, m.image_size, device="meta")
     try:
         with torch.no_grad():
-            if isinstance(model, AdversarialModel):
-                model.generator(torch.zeros(batch, model.latent_dim, device="meta"), labels)
+            if not isinstance(model, VariationalModel):  # a generator and a discriminator
+                model.generator(labels if model.translates else torch.zeros(batch, model.latent_dim, device="meta"), labels)
                 generator_outputs = outputs[0]
                 model.discriminator(images, labels)
                 outputs[0] = generator_outputs + 3 * (outputs[0] - generator_outputs)
             else:
-                assert isinstance(model, VariationalModel)
                 model.encoder(images, labels)
                 model.decoder(torch.zeros(batch, model.latent_dim, device="meta"), labels)
     finally:

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,12 @@ from typing import overload
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from genai_cli import checkpoint as ckpt
+from genai_cli import data, pairs
 from genai_cli import images as imgs
-from genai_cli.config import check_range
+from genai_cli.config import Config, check_range
 from genai_cli.console import emit_bytes
 from genai_cli.errors import UsageError
 from genai_cli.fileio import atomic_write, atomic_writer, file_sha256
@@ -32,6 +35,7 @@ from genai_cli.resources import require_memory
 from genai_cli.runtime import pick_device
 
 SAMPLE_BATCH = 256  # images generated (and, for a folder, written) at a time
+SAMPLE_GRID_PAIRS = 64  # pairs of a dataset split that `sample --input NAME:SPLIT` translates unless --n says
 
 
 class Seeds(Sequence[int]):
@@ -208,6 +212,107 @@ def write_folder(model: GenerativeModel, plan: SamplePlan, device: torch.device,
 # ---------------------------------------------------------------- the `sample` command
 
 
+def translation_grid(inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor | None) -> np.ndarray:
+    """One row per input: input | output (| target), gray sides shown in RGB beside RGB ones."""
+    columns = [inputs, outputs] + ([targets] if targets is not None else [])
+    channels = max(c.shape[1] for c in columns)
+    columns = [c.expand(-1, channels, -1, -1) for c in columns]
+    return imgs.grid(torch.stack(columns, dim=1).flatten(0, 1), len(columns))
+
+
+@dataclass
+class Translations:
+    """What `--input` names: uint8 input images, their targets where the source has them, a name each."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+    names: list[str]
+    source: str
+
+
+def read_inputs(spec: str, config: Config, n: int | None) -> Translations:
+    """`-` (one PNG on stdin), an image file, a folder of images, or NAME[:SPLIT], a dataset or paired
+    folder whose pairs are made as the model's were (split test unless given), with targets."""
+    cfg = config.model
+    in_channels, size = cfg.in_channels or cfg.channels or 1, cfg.image_size or 1
+    path = Path(spec).expanduser()
+    if spec == "-":
+        raw = sys.stdin.buffer.read()
+        try:
+            image = data.open_image(io.BytesIO(raw), in_channels)
+        except Exception as err:  # noqa: BLE001 - PIL raises many types on bad bytes
+            raise UsageError(f"--input - expects one image (PNG) on stdin; got {len(raw)} bytes it cannot read "
+                             f"({type(err).__name__})") from err
+        inputs = data.image_tensor(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)).unsqueeze(0)
+        return Translations(inputs, None, ["stdin"], "stdin")
+    if path.is_file():
+        return Translations(decode_inputs([path], in_channels, size), None, [path.stem], str(path))
+    if path.is_dir() and not ((path / "A").is_dir() and (path / "B").is_dir()):
+        files = data.image_files(path, recursive=False)[:n]
+        if not files:
+            raise UsageError(f"--input {spec} holds no images; give a folder of images, an image, or - for stdin")
+        return Translations(decode_inputs(files, in_channels, size), None, [f.stem for f in files], str(path))
+    name, split = spec.rsplit(":", 1) if ":" in spec and not path.exists() else (spec, "test")
+    if name not in data.DATASETS and not Path(name).expanduser().is_dir():
+        raise UsageError(f"--input {spec} is no image, folder or dataset; give an image, a folder of images, - for "
+                         f"a PNG on stdin, or a dataset split such as {config.data.name}:test")
+    source = pairs.load_like(config, name, config.data.data_dir, split)
+    count = min(n or SAMPLE_GRID_PAIRS, len(source))
+    return Translations(source.inputs[:count], source.images[:count], [f"pair{i:06d}" for i in range(count)],
+                        f"{name} {split} ({source.pairs})")
+
+
+def decode_inputs(files: list[Path], channels: int, size: int) -> torch.Tensor:
+    images = []
+    for f in files:
+        try:
+            images.append(data.decode_image(f, channels, size))
+        except Exception as err:  # noqa: BLE001 - PIL raises many types on bad files
+            raise UsageError(f"cannot read {f} as an image ({type(err).__name__}); replace or remove it") from err
+    return torch.stack(images)
+
+
+def translate(model: GenerativeModel, inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 inputs -> uint8 translations, SAMPLE_BATCH at a time."""
+    return generate(model, inputs.float() / 127.5 - 1, None, device)
+
+
+def run_translate(req: SampleRequest, model: GenerativeModel, loaded: ckpt.Checkpoint, kind: str,
+                  device: torch.device) -> tuple[list[str], int]:
+    """`sample --input`: one output per input, as a folder (+ manifest), an npz, or a grid (one
+    input alone: its translation) on a file or stdout."""
+    for flag, value in (("--seeds", req.seeds), ("--label", req.label), ("--interpolate", req.interpolate)):
+        if value is not None:
+            raise UsageError(f"{flag} chooses latents, but a {model.config.kind} model translates images and has none; "
+                             "drop it and give the images with --input")
+    assert req.input is not None
+    given = read_inputs(req.input, loaded.config, req.n)
+    outputs = translate(model, given.inputs, device)
+    out = Path(req.out)
+    if kind == "folder":
+        sha = file_sha256(loaded.path)
+        with atomic_writer(out / "manifest.jsonl") as lines:
+            for i, name in enumerate(given.names):
+                atomic_write(out / f"{name}.png", imgs.image_png(outputs[i]))
+                entry = {"file": f"{name}.png", "input": name, "source": given.source, "checkpoint_sha256": sha}
+                lines.write((json.dumps(entry) + "\n").encode())
+        return [str(out / "manifest.jsonl")], len(outputs)
+    if kind == "npz":
+        buffer = io.BytesIO()
+        extra = {"targets": given.targets.permute(0, 2, 3, 1).numpy()} if given.targets is not None else {}
+        np.savez_compressed(buffer, images=outputs.permute(0, 2, 3, 1).numpy(),
+                            inputs=given.inputs.permute(0, 2, 3, 1).numpy(), **extra)
+        atomic_write(out, buffer.getvalue())
+        return [str(out)], len(outputs)
+    single = len(outputs) == 1 and given.targets is None
+    picture = imgs.grid(outputs, 1) if single else translation_grid(given.inputs, outputs, given.targets)
+    if kind == "stdout":
+        emit_bytes(imgs.png_bytes(picture))
+        return ["-"], len(outputs)
+    atomic_write(out, imgs.png_bytes(picture))
+    return [str(out)], len(outputs)
+
+
 @dataclass
 class SampleRequest:
     out: str
@@ -221,6 +326,7 @@ class SampleRequest:
     steps: int = 10
     device: str = "auto"
     force: bool = False
+    input: str | None = None  # images for a translating model (pix2pix) to translate
 
 
 def parse_label(text: str, classes: list[str], num_classes: int) -> int:
@@ -304,6 +410,15 @@ def run_sample(req: SampleRequest) -> dict:
         raise UsageError("--interpolate writes a grid: use --out NAME.png, NAME.npz or -")
     device = pick_device(req.device)
     model, loaded = ckpt.load_model(req.checkpoint, device)
+    if model.translates != (req.input is not None):
+        raise UsageError(f"--input gives images to a model that translates them (pix2pix); this {model.config.kind} "
+                         "samples from noise: drop --input" if req.input is not None else
+                         f"this {model.config.kind} model translates images: give them with --input (an image, a "
+                         f"folder, - for a PNG on stdin, or a dataset split such as {loaded.config.data.name}:test)")
+    if model.translates:
+        files, n = run_translate(req, model, loaded, kind, device)
+        return {"checkpoint": str(loaded.path), "kind": loaded.config.model.kind, "n": n,
+                "files": files, "device": str(device)}
     classes = loaded.config.data.classes
     plan = plan_batch(req, model, classes)
     out = Path(req.out)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from genai_cli import __version__, console, distributed, resources, rundir, sampling
+from genai_cli import __version__, console, distributed, pairs, resources, rundir, sampling
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
 from genai_cli.config import Config, validate_model, validate_train
@@ -44,6 +44,7 @@ from genai_cli.objectives import (
 from genai_cli.runtime import describe, pick_device, seed_everything
 
 SAMPLE_GRID_SIZE = 64
+SAMPLE_PAIRS = 8  # rows of input | output | target in a translating model's grids
 # Flags that may change when a run is resumed; anything else would change the maths.
 RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "train.sample_every",
              "train.save_every", "train.lr", "train.lr_d", "train.lr_decay_start", "data.data_dir"}
@@ -99,8 +100,12 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     """Fill family defaults and dataset facts so the stored config is complete."""
     model, data, train = config.model, config.data, config.train
     model.kind = spec.name
+    if spec.shape.translates and model.latent_dim not in (None, spec.latent_dim):
+        raise UsageError(f"--latent-dim does not apply to --model {spec.name}: it translates images and draws no latents; "
+                         "drop --latent-dim")
     model.latent_dim = spec.latent_dim if model.latent_dim is None else model.latent_dim
     model.channels, model.image_size = source.channels, source.image_size
+    model.in_channels = source.in_channels if isinstance(source, pairs.PairedSource) else None
     model.num_classes = len(source.classes) if spec.conditional else 0
     data.classes = list(source.classes)
     objective = choose(spec.shape, train.gan_loss)  # its paper's rates beat the family's
@@ -121,11 +126,18 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     return config
 
 
-def load_source(config: Config) -> ImageSource:
-    return load_dataset(
-        config.data.name, data_dir=config.data.data_dir, split=config.data.split,
-        channels=config.model.channels, image_size=config.model.image_size,
-    )
+def load_source(config: Config, spec: ModelSpec) -> ImageSource:
+    """The dataset, or for a model that translates images, its pairs (`--pairs`, a default chosen here)."""
+    data, model = config.data, config.model
+    if not spec.shape.translates:
+        if data.pairs is not None or data.direction != "AtoB":
+            raise UsageError(f"--pairs and --direction give pairs of images to a model that translates them (pix2pix); "
+                             f"--model {spec.name} generates from noise: drop them")
+        return load_dataset(data.name, data_dir=data.data_dir, split=data.split,
+                            channels=model.channels, image_size=model.image_size)
+    data.pairs = data.pairs or pairs.default_pairs(data.name)
+    return pairs.load_pairs(data.name, data.pairs, data.direction, data_dir=data.data_dir, split=data.split,
+                            channels=model.channels, image_size=model.image_size)
 
 
 # ---------------------------------------------------------------- signals
@@ -285,11 +297,11 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
             config = apply_flags(config, recipe)
             console.info(f"a {budget:g} s budget: " + ", ".join(f"{flag_name(k)} {v:g}" for k, v in recipe.items())
                          + " (more, smaller steps learn faster in a short run)")
-    validate_model(config.model)
+    validate_model(config.model, latent=not spec.shape.translates)  # a translating model's is 0: it has none
     validate_train(config.train)
     check_gan_loss(config.train.gan_loss)
     device = pick_device(config.train.device)
-    source = load_source(config)
+    source = load_source(config, spec)
     config = resolve_config(config, spec, source)
     batch = config.train.batch_size
     if batch % world.size:
@@ -317,6 +329,11 @@ def build_model(plan: Plan, device: torch.device) -> GenerativeModel:
 def prepare_batch(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> [-1, 1] floats in the models' channels-last layout, on the batch's device."""
     return (images.float() / 127.5 - 1).contiguous(memory_format=torch.channels_last)
+
+
+def prepare_condition(labels: torch.Tensor | None) -> torch.Tensor | None:
+    """Class labels as they are; a paired source's input images (uint8) like the images."""
+    return prepare_batch(labels) if labels is not None and labels.dtype == torch.uint8 else labels
 
 
 def start_session(plan: Plan, out: str | None, resume: str | None, force: bool, holds: ExitStack) -> Session:
@@ -448,7 +465,7 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
         for images, labels in batches:
             set_learning_rates(session.objective.optimizers, session.objective.base_lrs,
                                lr_factor(session.step, session.total_steps, cfg.lr_decay_start))
-            losses = session.objective.step(prepare_batch(images), labels)
+            losses = session.objective.step(prepare_batch(images), prepare_condition(labels))
             for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             session.step += 1
@@ -546,7 +563,11 @@ def log_window(session: Session, progress: console.StepProgress, sums: dict[str,
 
 
 def fixed_sample_inputs(session: Session) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """The same latents (and a per-class layout, row k = class k) for every grid of a run."""
+    """The same latents (and a per-class layout, row k = class k) for every grid of a run; for a
+    translating model the first pairs' inputs, and their targets in the labels' place."""
+    if isinstance(session.source, pairs.PairedSource):
+        n = min(SAMPLE_PAIRS, len(session.source))
+        return prepare_batch(session.source.inputs[:n]), session.source.images[:n], 3
     classes = session.model.config.num_classes
     n = 10 * classes if session.model.conditional else SAMPLE_GRID_SIZE
     z = sampling.latents(list(range(n)), session.model.latent_dim)
@@ -557,8 +578,13 @@ def fixed_sample_inputs(session: Session) -> tuple[torch.Tensor, torch.Tensor | 
 
 
 def write_sample_grid(session: Session, z: torch.Tensor, labels: torch.Tensor | None, per_row: int) -> None:
-    images = sampling.generate(session.objective.sampling_model(), z, labels, session.device)
+    model = session.objective.sampling_model()
     path = session.run_dir / "samples" / f"step_{session.step:06d}.png"
+    if model.translates:  # rows of input | output | target
+        outputs = sampling.generate(model, z, None, session.device)
+        atomic_write(path, imgs.png_bytes(sampling.translation_grid(imgs.to_uint8(z.cpu()), outputs, labels)))
+        return
+    images = sampling.generate(model, z, labels, session.device)
     atomic_write(path, imgs.png_bytes(imgs.grid(images, per_row)))
 
 

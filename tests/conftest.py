@@ -164,11 +164,11 @@ def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory, tiny_data_root: Path) -> dict[str, Path]:
-    """Run directories of one tiny dcgan and one tiny cgan, trained once per session; treat as read-only."""
+    """Run directories of one tiny dcgan, cgan and pix2pix (on edges), trained once per session; treat as read-only."""
     base = tmp_path_factory.mktemp("tiny-runs")
     runs = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GENAI_OFFLINE", "1")
-        for kind in ("dcgan", "cgan"):
+        for kind in ("dcgan", "cgan", "pix2pix"):
             runs[kind] = Path(tiny_train(kind, tiny_data_root, base / kind).run_dir)
     return runs

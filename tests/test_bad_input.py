@@ -106,6 +106,23 @@ def cgan_run(ctx: Ctx) -> None:
     shutil.copytree(ctx.runs["cgan"], ctx.tmp / "cgan-run", symlinks=True)
 
 
+def pix2pix_run(ctx: Ctx) -> None:
+    """p2p-run/: a copy of the session's tiny pix2pix run (edges of FashionMNIST)."""
+    shutil.copytree(ctx.runs["pix2pix"], ctx.tmp / "p2p-run", symlinks=True)
+
+
+def paired_folders(name: str, drop: str | None = None, resize: str | None = None) -> Setup:
+    """NAME/A and NAME/B of four 20x20 pairs by name; `drop` deletes B/<drop>, `resize` makes B/<resize> 24x20."""
+    def setup(ctx: Ctx) -> None:
+        for side in ("A", "B"):
+            make_image_folder(ctx.tmp / name / side, classes=(), n_per_class=4)
+        if drop:
+            (ctx.tmp / name / "B" / drop).unlink()
+        if resize:
+            make_image((24, 20)).save(ctx.tmp / name / "B" / resize)
+    return setup
+
+
 def fashion(ctx: Ctx) -> None:
     """datasets/: a tiny FashionMNIST root (64 train images)."""
     make_idx_dataset(ctx.tmp / "datasets")
@@ -589,6 +606,35 @@ CASES: list[Case] = [
     Case("eval/reference-with-other-classes-asked-for-acc", (cgan_run, image_folder("pics")),
          ("eval", "--checkpoint", "cgan-run", "--data", "pics", "--metrics", "acc"), 2,
          r"has 2 classes .* trained on 10", r"--metrics fid,kid,is,pr,dc", logs=True),
+    # ------------------------------------------------------------ pix2pix: pairs, and images where latents go (or back)
+    Case("pix2pix/unpaired-folders", (paired_folders("ab", drop="img002.png"),),
+         train(("--model", "pix2pix", "--data", "ab"), batch_size="2"), 2,
+         r"ab/A/img002\.png has no partner in ab/B", r"pair by name; add ab/B/img002\.png or remove it", logs=True),
+    Case("pix2pix/pair-size-mismatch", (paired_folders("ab", resize="img001.png"),),
+         train(("--model", "pix2pix", "--data", "ab"), batch_size="2"), 2,
+         r"img001\.png is 20x20 but its partner ab/B/img001\.png is 24x20", r"the same size: resize one of them", logs=True),
+    Case("pix2pix/not-side-by-side", (image_folder("pics", classes=()),),
+         train(("--model", "pix2pix", "--data", "pics"), batch_size="2"), 2,
+         r"img000\.png is 20x20, not two squares side by side", r"use A/ and B/ folders for pairs", logs=True),
+    Case("pix2pix/pairs-on-a-noise-model", (fashion,), train(FASHION, pairs="edges"), 2,
+         r"--pairs and --direction give pairs of images to a model that translates them", r"drop them"),
+    Case("pix2pix/latent-dim", (fashion,), train(FASHION, model="pix2pix", latent_dim="64"), 2,
+         r"--latent-dim does not apply to --model pix2pix: it translates images", r"drop --latent-dim", logs=True),
+    Case("pix2pix/unknown-pairs", (fashion,), train(FASHION, model="pix2pix", pairs="sketch"), 2,
+         r"--pairs must be one of folder, edges, masked, downsampled, got 'sketch'", r"one of", logs=True),
+    Case("pix2pix/seeds-on-pix2pix", (pix2pix_run, image_folder("pics", classes=())),
+         ("sample", "--checkpoint", "p2p-run", "--input", "pics", "--seeds", "0-3", "--out", "x.png"), 2,
+         r"--seeds chooses latents, but a pix2pix model translates images", r"give the images with --input"),
+    Case("pix2pix/label-on-pix2pix", (pix2pix_run, image_folder("pics", classes=())),
+         ("sample", "--checkpoint", "p2p-run", "--input", "pics", "--label", "1", "--out", "x.png"), 2,
+         r"--label chooses latents", r"drop it and give the images with --input"),
+    Case("pix2pix/no-input", (pix2pix_run,), ("sample", "--checkpoint", "p2p-run", "--out", "x.png"), 2,
+         r"this pix2pix model translates images", r"give them with --input"),
+    Case("pix2pix/input-on-a-noise-model", (dcgan_run, image_folder("pics", classes=())),
+         ("sample", "--checkpoint", "run", "--input", "pics", "--out", "x.png"), 2,
+         r"--input gives images to a model that translates them \(pix2pix\); this dcgan samples from noise", r"drop --input"),
+    Case("pix2pix/eval-metric-of-noise-models", (pix2pix_run,), ("eval", "--checkpoint", "p2p-run", "--metrics", "kid"), 2,
+         r"metric 'kid' does not apply here", r"a translating model has fid and paired"),
     # ------------------------------------------------------------ resources: refused up front, with the estimate and the limit
     *[Case(f"resources/{name}", (dcgan_run,), argv, 2, problem + r" need about [\d.]+ GiB of memory, above the [\d.]+ GiB usable here",
            fix) for name, argv, problem, fix in [

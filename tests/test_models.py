@@ -22,7 +22,7 @@ def build(kind: str, size: int, channels: int, latent_dim: int | None = None):
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3)])
 def test_generate_shape_and_range(kind: str, size: int, channels: int) -> None:
     model = build(kind, size, channels).eval()
-    z = torch.randn(3, model.latent_dim)
+    z = torch.rand(3, channels, size, size) * 2 - 1 if model.translates else torch.randn(3, model.latent_dim)
     labels = torch.tensor([0, 4, 9]) if model.conditional else None
     images = model.generate(z, labels)
     assert images.shape == (3, channels, size, size)

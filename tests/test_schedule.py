@@ -75,7 +75,7 @@ def test_version_1_configs_load_and_keep_what_their_runs_did() -> None:
     del raw["model"]["prior"]
     old = Config.from_dict(raw)
     assert old.train.lr_decay_start == 1.0 and old.model.prior == "standard"
-    for schema in (0, 4, "3", True):
+    for schema in (0, 5, "3", True):
         with pytest.raises(ValueError, match="schema"):
             Config.from_dict({**raw, "schema": schema})
 

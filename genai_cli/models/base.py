@@ -33,6 +33,7 @@ class GenerativeModel(nn.Module):
         return self.config.latent_dim
 
     metrics: tuple[str, ...] = ()  # eval metric groups only this shape of model supports
+    translates: bool = False  # maps an input image, not a latent: sample, eval and export feed it images
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from genai_cli.distributed import SINGLE_PROCESS
 from genai_cli.errors import UsageError
-from genai_cli.objectives import adversarial, elbo, wgan_gp
+from genai_cli.objectives import adversarial, elbo, pix2pix, wgan_gp
 from genai_cli.objectives.base import EMA, Health, Objective, ObjectiveSpec, lr_factor, set_learning_rates
 from genai_cli.registry import Registry
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from genai_cli.models import GenerativeModel
 
 OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
-for _spec in (adversarial.BCE, adversarial.HINGE, elbo.SPEC, wgan_gp.SPEC):
+for _spec in (adversarial.BCE, adversarial.HINGE, elbo.SPEC, wgan_gp.SPEC, pix2pix.SPEC):
     OBJECTIVES.add(_spec.name, _spec)
 
 

@@ -63,13 +63,15 @@ class AdversarialObjective:
         """This rank's slice of one global draw, so every rank's stream stays alike."""
         return global_slice(torch.randn(n * self.world.size, self.model.latent_dim, device=device), self.world)
 
-    def generator_step(self, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """G's update through the bare D (whose weight gradients are not needed: not computed), then the EMA."""
+    def generator_step(self, fake: torch.Tensor, labels: torch.Tensor | None,
+                       extra: torch.Tensor | None = None) -> torch.Tensor:
+        """G's update through the bare D (whose weight gradients are not needed: not computed), then the EMA;
+        `extra` is a loss term of G's own added to the adversarial one (pix2pix's L1)."""
         d, opt_g = self.model.discriminator, self.optimizers["generator"]
         d.requires_grad_(False)
         with autocast(self.device):
             d_fake = d(fake, labels).float()
-        loss_g = self.g_loss(d_fake)
+        loss_g = self.g_loss(d_fake) if extra is None else self.g_loss(d_fake) + extra
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

@@ -1,0 +1,55 @@
+"""pix2pix's objective (Isola et al. 2017): a conditional GAN plus λ·L1 to the target, λ = 100.
+
+D sees (input, target) pairs as real and (input, G(input)) as fake, with BCE on every patch
+logit, its loss halved as in the paper (D learns at half G's pace); G minimises the
+non-saturating loss through D plus λ times the mean absolute error to the target. G's only
+noise is its dropout. The paper's Adam: lr 2e-4, betas (0.5, 0.999).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genai_cli.models.pix2pix import TranslationModel
+from genai_cli.objectives.adversarial import AdversarialObjective
+from genai_cli.objectives.base import Losses, ObjectiveSpec
+from genai_cli.runtime import autocast
+
+L1_WEIGHT = 100.0
+
+
+class Pix2PixObjective(AdversarialObjective):
+    """`step(target, input)`: the paired source hands each target's input image where labels go."""
+
+    loss_keys = ("loss_d", "loss_g", "l1")
+
+    def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
+        assert labels is not None and labels.is_floating_point(), "pix2pix trains on pairs: the input images"
+        inputs, opt_d = labels, self.optimizers["discriminator"]
+        with autocast(self.device):
+            fake = self.generator(inputs)
+            d_real, d_fake = self.discriminator(real, inputs), self.discriminator(fake.detach(), inputs)
+        loss_d = 0.5 * self.d_loss(d_real.float(), d_fake.float())
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        l1 = (fake.float() - real.float()).abs().mean()
+        loss_g = self.generator_step(fake, inputs, L1_WEIGHT * l1)
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "l1": l1.detach(),
+            "d_real": torch.sigmoid(d_real.detach().float()).mean(),
+            "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
+        }
+
+    def d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # BCE-with-logits: real 1, fake 0
+
+    def g_loss(self, d_fake: torch.Tensor) -> torch.Tensor:
+        return F.softplus(-d_fake).mean()
+
+
+SPEC = ObjectiveSpec("pix2pix", TranslationModel, None, "pix2pix (cGAN + 100 L1)", Pix2PixObjective,
+                     lr=2e-4, beta1=0.5)
