@@ -19,7 +19,15 @@ from genai_cli import checkpoint as ckpt
 from genai_cli import console
 from genai_cli.config import Config
 from genai_cli.errors import CheckpointError, UsageError
-from genai_cli.fileio import TEMP_SUFFIX, atomic_write, directory_locked, locked_directory, read_log, write_error
+from genai_cli.fileio import (
+    TEMP_SUFFIX,
+    atomic_write,
+    directory_locked,
+    locked_directory,
+    read_log,
+    special_kind,
+    write_error,
+)
 
 RUNS_DIR = Path("runs")  # new runs and the `latest` link, relative to the working directory
 LATEST = "latest"
@@ -137,8 +145,11 @@ def holds_run(run_dir: Path) -> bool:
     """A checkpoint, or the config.json `genai train` writes first: a run, finished or not."""
     if (run_dir / ckpt.MODEL_FILE).exists() or (run_dir / ckpt.STATE_FILE).exists():
         return True
+    config = run_dir / ckpt.CONFIG_FILE
+    if special_kind(config):  # a FIFO there would block the read: not genai's, so not a run
+        return False
     try:
-        Config.from_json((run_dir / ckpt.CONFIG_FILE).read_text(encoding="utf-8"))
+        Config.from_json(config.read_text(encoding="utf-8"))
         return True
     except (OSError, ValueError, TypeError, RecursionError):
         return False

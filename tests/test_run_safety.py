@@ -197,3 +197,9 @@ def test_a_killed_trainer_leaves_no_stale_lock() -> None:
     proc.wait(timeout=60)
     step = ck.load_training_state(Path("run")).checkpoint.step
     assert ok("train", "--resume", "run", "--steps", str(step + 1))["step"] == step + 1
+
+
+def test_a_fifo_named_like_genais_config_is_refused_not_read() -> None:
+    Path("pipe").mkdir()
+    os.mkfifo("pipe/config.json")  # reading it would block until someone writes
+    one_line_error(genai("train", *TINY, "--steps", "1", "--out", "pipe"), 2, "pipe is not empty and holds no genai run")
