@@ -127,7 +127,7 @@ def train(
     lr_d: Annotated[Optional[float], typer.Option(help="Discriminator learning rate (TTUR). \\[default: --lr]")] = None,
     lr_decay_start: Annotated[Optional[float], typer.Option(help="Fraction of the run after which the learning rate falls linearly to 0 (1: constant). \\[default: the family's]")] = None,
     beta1: Annotated[Optional[float], typer.Option(help="Adam beta1. \\[default: 0.5 for GANs, 0.9 for VAEs]")] = None,
-    gan_loss: Annotated[Optional[str], typer.Option(help=f"GAN objective: bce (non-saturating), hinge or wgan-gp. \\[default: {_T.gan_loss}]")] = None,
+    gan_loss: Annotated[Optional[str], typer.Option(help=f"GAN objective: bce (non-saturating), hinge or wgan-gp; pix2pix: bce, or l1 (its U-Net alone, the baseline). \\[default: {_T.gan_loss}]")] = None,
     ema: Annotated[Optional[float], typer.Option(help="Decay of the generator's moving average, which samples and checkpoints use; 0 turns it off. \\[default: 0.999 for GANs, 0 for VAEs]")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help="Latent size. \\[default: 100 for GANs, 32 for VAEs]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square image side (28, 32, 64, ...). \\[default: the dataset's]")] = None,

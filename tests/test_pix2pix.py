@@ -111,6 +111,33 @@ def test_the_objective_is_cgan_plus_100_l1_with_the_papers_adam() -> None:
     assert spec.build is Pix2PixObjective and (spec.lr, spec.beta1) == (2e-4, 0.5)
 
 
+
+def test_l1_alone_trains_only_the_generator_and_resumes_bitwise(idx: Path, tmp_path: Path) -> None:
+    """The paper's baseline: the same U-Net on L1 alone; D keeps its initial weights."""
+    from safetensors.torch import load_file
+
+    from genai_cli import checkpoint as ckpt
+
+    base = {**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "train.gan_loss": "l1"}
+    straight = training.train({**base, "train.steps": 4}, out=str(tmp_path / "straight"))
+    assert set(straight.losses) == {"l1"} and math.isfinite(straight.losses["l1"])
+    first = training.train({**base, "train.steps": 2}, out=str(tmp_path / "split"))
+    after_4, after_2 = (load_file(Path(run) / ckpt.MODEL_FILE) for run in (straight.run_dir, first.run_dir))
+    d_keys = [k for k in after_4 if k.startswith("discriminator.")]
+    g_keys = [k for k in after_4 if k.startswith("generator.")]
+    assert d_keys and all(torch.equal(after_4[k], after_2[k]) for k in d_keys)  # D never moves
+    assert not all(torch.equal(after_4[k], after_2[k]) for k in g_keys)  # G does
+    resumed = training.train({"train.steps": 4}, resume=first.run_dir)
+    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE):
+        a, b = load_file(Path(straight.run_dir) / name), load_file(Path(resumed.run_dir) / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_noise_gan_loss_on_pix2pix_is_a_usage_error(idx: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="bce, l1"):
+        training.train({**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "train.gan_loss": "hinge"},
+                       out=str(tmp_path / "r"))
+
 # ---------------------------------------------------------------- paired data
 
 

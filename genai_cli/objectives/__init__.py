@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from genai_cli.models import GenerativeModel
 
 OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
-for _spec in (adversarial.BCE, adversarial.HINGE, elbo.SPEC, wgan_gp.SPEC, pix2pix.SPEC):
+for _spec in (adversarial.BCE, adversarial.HINGE, elbo.SPEC, wgan_gp.SPEC, pix2pix.SPEC, pix2pix.L1_ONLY):
     OBJECTIVES.add(_spec.name, _spec)
 
 
@@ -32,7 +32,7 @@ def gan_losses() -> list[ObjectiveSpec]:
 
 
 def check_gan_loss(value: str) -> None:
-    choices = [spec.gan_loss for spec in gan_losses()]
+    choices = list(dict.fromkeys(spec.gan_loss for spec in gan_losses()))
     if value not in choices:
         raise UsageError(f"--gan-loss must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
