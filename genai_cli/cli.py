@@ -7,23 +7,154 @@ completion stay fast.
 
 from __future__ import annotations
 
+import difflib
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from types import FrameType
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
+from typer._click import exceptions as click_errors  # Typer's own Click (never `import click`)
+from typer.core import TyperCommand, TyperGroup
 
-from genai_cli import __version__, console
+from genai_cli import __version__, choices, console
 from genai_cli.config import DataConfig, ModelConfig, TrainConfig, check_paths, parse_duration
 from genai_cli.errors import ExitCode, GateFailed, GenaiError, Terminated, UsageError
+from genai_cli.registry import normalise_name, unknown_name
+
+EXIT_CODES = """Exit codes:
+
+  0    success
+  1    runtime error: missing or corrupt data or checkpoint, unwritable output, internal error
+  2    usage error: unknown or conflicting flags and values
+  3    genai eval --fail-if: a quality gate failed
+  4    genai export --check: the export differs from the PyTorch model beyond --tolerance
+  5    training diverged (NaN/inf); the last good checkpoint is kept: resume with a lower --lr
+  130  interrupted (Ctrl-C); training saved a checkpoint
+  143  terminated (SIGTERM); training saved a checkpoint"""
+
+
+def usage_message(err: click_errors.UsageError, ctx: typer.Context) -> str:
+    """Click's parse errors as one line that names the flag and the fix, like genai's own errors."""
+    see = f"{ctx.command_path} -h lists every option"
+    params = {opt: p for p in ctx.command.params for opt in (*p.opts, *p.secondary_opts)}
+    if isinstance(err, click_errors.NoSuchOption):
+        close = difflib.get_close_matches(err.option_name, err.possibilities or params, n=1, cutoff=0.5)
+        return f"unknown option {err.option_name}" + (f" (did you mean {close[0]}?)" if close else "") + f"; {see}"
+    if isinstance(err, click_errors.BadOptionUsage):
+        param = params.get(err.option_name)
+        if "does not take a value" in err.message:
+            return f"{err.option_name} is a flag and takes no value; write {err.option_name} alone"
+        values = "a value" if param is None else f"{param.nargs} values" if param.nargs > 1 else "a value"
+        values += f", {param.metavar}" if param is not None and param.metavar else ""
+        return f"{err.option_name} needs {values}; {see}"
+    if isinstance(err, click_errors.BadParameter) and err.param is not None:
+        flag = err.param.opts[0] if err.param.opts else err.param.name.upper()
+        if isinstance(err, click_errors.MissingParameter):
+            return f"{flag} is required; {see}"
+        return bad_value_message(err, err.param, flag)
+    text = err.format_message().rstrip(".")
+    if text.startswith("Got unexpected extra argument"):
+        extra = text.rsplit("(", 1)[-1].rstrip(")")
+        return (f"unexpected argument {extra!r}: flags take no value (write --force, not --force true) and every "
+                f"value follows its option; {see}")
+    if text.startswith("No such command"):
+        return (text.replace("No such command", "unknown command", 1).replace(". Did you mean", " (did you mean")
+                + (")" if "did you mean" in text.lower() else "") + f"; {ctx.command_path} -h lists the commands")
+    return f"{text[:1].lower()}{text[1:]}; {see}"
+
+
+def bad_value_message(err: click_errors.BadParameter, param: Any, flag: str) -> str:
+    """A value Typer could not convert: the flag, what it takes and what it got (pydantic's error carries the
+    input); messages of genai's own parsers already name the flag and stand as they are."""
+    if flag in err.message:
+        return err.message
+    problems = getattr(err.__cause__, "errors", lambda: [])()
+    if not problems:
+        return f"{flag}: {err.message}"
+    got, kind = problems[0].get("input"), problems[0].get("type", "")
+    wanted = {"int_parsing": "a whole number", "float_parsing": "a number"}.get(kind, problems[0].get("msg", "a value"))
+    if param.nargs > 1 and isinstance(got, str) and got.startswith("-"):  # a value is missing: the next flag took its place
+        return f"{flag} takes {param.nargs} values, {param.metavar}, but {got} came before all of them were given"
+    return f"{flag} takes {wanted}, got {got!r}"
+
+
+class OneLineUsageErrors:
+    """Mixed into genai's command classes: a parse error (unknown option, missing or bad value, bad choice) is one
+    `error:` line and exit 2, through the same console as every other error; --debug adds the traceback."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        with one_line_usage_errors(ctx, args):
+            return super().parse_args(ctx, args)  # type: ignore[misc]
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return no_fake_placeholders(super().get_params(ctx))  # type: ignore[misc]
+
+
+@contextmanager
+def one_line_usage_errors(ctx: typer.Context, args: list[str]) -> Iterator[None]:
+    debug = "--debug" in args or bool(os.environ.get("GENAI_DEBUG"))  # before the parser consumes `args`
+    try:
+        yield
+    except click_errors.NoArgsIsHelpError:  # bare `genai`: the help, as asked for
+        raise
+    except click_errors.UsageError as err:
+        if ctx.resilient_parsing:  # shell completion parses half-typed lines
+            raise
+        if debug:
+            console.print_exception()
+        console.error(usage_message(err, ctx))
+        raise typer.Exit(ExitCode.USAGE) from None
+
+
+class GenaiCommand(OneLineUsageErrors, TyperCommand):
+    pass
+
+
+class GenaiGroup(OneLineUsageErrors, TyperGroup):
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
+        with one_line_usage_errors(ctx, args):
+            return super().resolve_command(ctx, args)
+
+
+def no_fake_placeholders(params: list[Any]) -> list[Any]:
+    """Help shows no type for a flag (Typer writes `--force <bool>`, and `--force true` is an error) and the
+    option's own name for a value without a metavar (`--batch-size BATCH_SIZE`, not `<int>`)."""
+    for param in params:
+        if param.param_type_name == "option" and param.metavar is None:
+            param.metavar = "" if param.is_flag else param.name.upper()
+    return params
+
+
+def complete_from(names: Sequence[str]) -> Callable[[str], list[str]]:
+    """Shell completion offering `names` (bash falls back to file names when none fits, e.g. for a folder)."""
+    def complete(incomplete: str) -> list[str]:
+        return [name for name in names if name.lower().startswith(incomplete.lower())]
+    return complete
+
+
+def choice(names: Sequence[str], *decls: str, help: str) -> Any:
+    """An option whose value is one of `names` (any case, `_` for `-`): --help lists them, shell completion
+    offers them, and anything else is a one-line usage error with the close name as the flag is parsed."""
+    canonical = {normalise_name(name): name for name in names}
+
+    def parse(value: str) -> str:
+        if normalise_name(value) in canonical:
+            return canonical[normalise_name(value)]
+        raise typer.BadParameter(unknown_name(decls[0], value, tuple(names)))
+
+    return typer.Option(*decls, parser=parse, metavar="|".join(names), autocompletion=complete_from(names), help=help)
+
 
 app = typer.Typer(
     name="genai",
+    cls=GenaiGroup,
     help="Train, sample, evaluate and export image generative models (GAN, DCGAN, cGAN, VAE, pix2pix).",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -33,7 +164,11 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and er
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", envvar="GENAI_DEBUG")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing --out.")]
-Device = Annotated[Optional[str], typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
+Device = Annotated[Optional[str], typer.Option(
+    metavar="auto|cpu|cuda[:N]|mps", autocompletion=complete_from(choices.DEVICES),
+    help="auto: CUDA, then MPS, then CPU; cuda:N picks a GPU.")]
+Checkpoint = Annotated[Optional[str], typer.Option(
+    "--checkpoint", "-c", metavar="RUN", help="Run directory or model.safetensors. \\[default: runs/latest]")]
 
 _M, _D, _T = ModelConfig(), DataConfig(), TrainConfig()
 
@@ -109,17 +244,31 @@ def version_callback(value: bool) -> None:
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")] = False,
 ) -> None:
-    """Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 eval gate failed, 4 export check failed, 130 interrupted (Ctrl-C), 143 terminated."""
+    """Train, sample, evaluate and export image generative models (GAN, DCGAN, cGAN, VAE, pix2pix)."""
 
 
-@app.command()
+def examples(*lines: str) -> str:
+    """A command's help ends with these (rich keeps the line breaks of an epilog)."""
+    return "Examples:\n\n" + "\n".join(f"  {line}" for line in lines)
+
+
+DATA_HELP = f"{', '.join(choices.DATASETS)}, or an image folder."
+
+
+@app.command(cls=GenaiCommand, epilog=examples(
+    "genai train --model dcgan --data fashion-mnist --max-time 10m",
+    "genai train --model cgan --data mnist --epochs 10 --out runs/cgan",
+    "genai train --model vae --data images/ --image-size 64",
+    "genai train --resume runs/latest --epochs 20",
+    "genai train --model dcgan --nproc-per-node 4   # 4 GPUs (torchrun, DDP)",
+))
 def train(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"gan, dcgan, cgan, vae, cvae or pix2pix. \\[default: {_M.kind}]")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help=f"mnist, fashion-mnist, kmnist, cifar10 or an image folder. \\[default: {_D.name}]")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Dataset root (else $GENAI_DATA_DIR, else ~/.cache/genai/datasets).")] = None,
+    model: Annotated[Optional[str], choice(choices.MODELS, "--model", "-m", help=f"Model family. \\[default: {_M.kind}]")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", metavar="NAME|DIR", autocompletion=complete_from(choices.DATASETS), help=f"{DATA_HELP} \\[default: {_D.name}]")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Dataset root (else $GENAI_DATA_DIR, else ~/.cache/genai/datasets).")] = None,
     split: Annotated[Optional[str], typer.Option(help=f"Dataset split to train on. \\[default: {_D.split}]")] = None,
-    pairs: Annotated[Optional[str], typer.Option(help="pix2pix pairs: folder (--data holds A|B images, or A/ and B/ whose files pair by name), or inputs derived from --data's images: edges, masked (inpainting) or downsampled (4x super-resolution). \\[default: folder for a folder, else edges]")] = None,
-    direction: Annotated[Optional[str], typer.Option(help=f"pix2pix: AtoB (A is the input) or BtoA. \\[default: {_D.direction}]")] = None,
+    pairs: Annotated[Optional[str], choice(choices.PAIRS, "--pairs", help="pix2pix pairs: folder (--data holds A|B images, or A/ and B/ whose files pair by name), or inputs derived from --data's images: edges, masked (inpainting) or downsampled (4x super-resolution). \\[default: folder for a folder, else edges]")] = None,
+    direction: Annotated[Optional[str], choice(choices.DIRECTIONS, "--direction", help=f"pix2pix: AtoB (A is the input) or BtoA. \\[default: {_D.direction}]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Passes over the data. \\[default: {_T.epochs}]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Total optimisation steps (overrides --epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help=f"\\[default: {_T.batch_size}]")] = None,
@@ -127,27 +276,27 @@ def train(
     lr_d: Annotated[Optional[float], typer.Option(help="Discriminator learning rate (TTUR). \\[default: --lr]")] = None,
     lr_decay_start: Annotated[Optional[float], typer.Option(help="Fraction of the run after which the learning rate falls linearly to 0 (1: constant). \\[default: the family's]")] = None,
     beta1: Annotated[Optional[float], typer.Option(help="Adam beta1. \\[default: 0.5 for GANs, 0.9 for VAEs]")] = None,
-    gan_loss: Annotated[Optional[str], typer.Option(help=f"GAN objective: bce (non-saturating), hinge or wgan-gp; pix2pix: bce, or l1 (its U-Net alone, the baseline). \\[default: {_T.gan_loss}]")] = None,
+    gan_loss: Annotated[Optional[str], choice(choices.GAN_LOSSES, "--gan-loss", help=f"GAN objective: bce (non-saturating), hinge or wgan-gp (critic with a gradient penalty); pix2pix: bce, or l1 (its U-Net alone, the baseline). \\[default: {_T.gan_loss}]")] = None,
     ema: Annotated[Optional[float], typer.Option(help="Decay of the generator's moving average, which samples and checkpoints use; 0 turns it off. \\[default: 0.999 for GANs, 0 for VAEs]")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help="Latent size. \\[default: 100 for GANs, 32 for VAEs]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square image side (28, 32, 64, ...). \\[default: the dataset's]")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1 (gray) or 3 (RGB). \\[default: the dataset's]")] = None,
     width: Annotated[Optional[int], typer.Option(help=f"Base channel width of the networks. \\[default: {_M.width}]")] = None,
     beta: Annotated[Optional[float], typer.Option(help=f"VAE KL weight (beta-VAE). \\[default: {_M.beta}]")] = None,
-    prior: Annotated[Optional[str], typer.Option(help="VAE latents: fitted (a Gaussian fitted to the training codes when training ends; sharper samples) or standard (N(0, I)). \\[default: fitted for VAEs]")] = None,
-    norm: Annotated[Optional[str], typer.Option(help=f"Normalisation layers: batch, group (independent of how processes split a batch) or none. \\[default: {_M.norm}]")] = None,
+    prior: Annotated[Optional[str], choice(choices.PRIORS, "--prior", help="VAE latents: fitted (a Gaussian fitted to the training codes when training ends; sharper samples) or standard (N(0, I)). \\[default: fitted for VAEs]")] = None,
+    norm: Annotated[Optional[str], choice(choices.NORMS, "--norm", help=f"Normalisation layers: batch, group (independent of how processes split a batch) or none. \\[default: {_M.norm}]")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed for weights, batches and noise. \\[default: {_T.seed}]")] = None,
     device: Device = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory. \\[default: runs/<model>-<data>-NNN]")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory exactly where it stopped.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="DIR", help="Run directory. \\[default: runs/<model>-<data>-NNN]")] = None,
+    resume: Annotated[Optional[str], typer.Option(metavar="RUN", help="Continue the run in this directory exactly where it stopped.")] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between log lines. \\[default: {_T.log_every}]")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids. \\[default: {_T.sample_every}]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints. \\[default: {_T.save_every}]")] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Time budget (90s, 10m, 1h30m). Alone, the run plans its length to fit and its schedule ends inside it; with --steps/--epochs, training stops cleanly there, with a checkpoint. --resume continues.")] = None,
+    max_time: Annotated[Optional[str], typer.Option(metavar="DURATION", help="Time budget (90s, 10m, 1h30m). Alone, the run plans its length to fit and its schedule ends inside it; with --steps/--epochs, training stops cleanly there, with a checkpoint. --resume continues.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing run in --out.")] = False,
     nproc_per_node: Annotated[Optional[int], typer.Option(help="Train on this many processes per machine through torchrun (DDP; gloo on CPU, nccl on GPUs).")] = None,
-    nnodes: Annotated[str, typer.Option(help="Machines (or MIN:MAX) for torchrun; above 1 needs --rdzv-endpoint.")] = "1",
-    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT where the machines of a multi-node run meet. \\[default: a free local port]")] = None,
+    nnodes: Annotated[str, typer.Option(metavar="N|MIN:MAX", help="Machines (or MIN:MAX) for torchrun; above 1 needs --rdzv-endpoint.")] = "1",
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="HOST:PORT where the machines of a multi-node run meet. \\[default: a free local port]")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")] = False,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -189,18 +338,27 @@ def train(
             console.info(f"done: {result.step} steps, {result.images_per_sec:.0f} images/s; model {result.checkpoint}")
 
 
-@app.command()
+@app.command(cls=GenaiCommand, epilog=examples(
+    "genai sample --n 64 --out grid.png                # the newest run (runs/latest), an 8x8 grid",
+    "genai sample --seeds 5 --out one.png              # one image, at its own size",
+    "genai sample --class Sneaker --n 16 --trunc 0.7 --out sneakers.png",
+    "genai sample --interpolate 3 17 --frames 30 --out walk.gif",
+    "genai sample --seeds 0-49999 --out fakes.npz      # arr_0: N x H x W x C uint8, for FID tools",
+    "genai sample --input sketches/ --out translated/  # pix2pix",
+))
 def sample(
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Run directory or model.safetensors. \\[default: runs/latest]")] = None,
-    n: Annotated[Optional[int], typer.Option("--n", "-n", help="Number of images. \\[default: 64]")] = None,
-    out: Annotated[str, typer.Option("--out", "-o", help="NAME.png grid, NAME.npz array, a folder (one PNG per image + manifest.jsonl), or - for PNG bytes on stdout.")] = "samples.png",
-    seeds: Annotated[Optional[str], typer.Option(help="One image per seed: 0-99, 1,5,9 or a mix.")] = None,
+    checkpoint: Checkpoint = None,
+    n: Annotated[Optional[int], typer.Option("--n", "-n", metavar="N", help="Number of images. \\[default: 64]")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", metavar="PATH", help="NAME.png (a grid; one image: that image), NAME.gif (the --interpolate walk, animated), NAME.npz (arr_0: N x H x W x C uint8, labels), a folder (one PNG per image + manifest.jsonl), or - for PNG bytes on stdout.")] = "samples.png",
+    seeds: Annotated[Optional[str], typer.Option(metavar="SEEDS", help="One image per seed: 0-99, 1,5,9 or a mix.")] = None,
     seed: Annotated[int, typer.Option(help="First seed when --seeds is not given (image i uses seed+i).")] = 0,
-    label: Annotated[Optional[str], typer.Option(help="Class index or name, for conditional models.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", "--class", metavar="CLASS", help="Class index or name, for conditional models.")] = None,
+    trunc: Annotated[float, typer.Option(metavar="PSI", help="Truncation trick: every latent times PSI, pulled toward the mean (0) of the N(0, I) latents: 1 keeps them, 0.7 trades variety for typical images, 0 is the average image.")] = 1.0,
     nrow: Annotated[Optional[int], typer.Option(help="Images per grid row.")] = None,
-    interpolate: Annotated[Optional[tuple[int, int]], typer.Option(help="Latent walk between two seeds A B.")] = None,
-    input: Annotated[Optional[str], typer.Option("--input", "-i", help="pix2pix: what to translate: an image, a folder of images, - for a PNG on stdin, or NAME[:SPLIT] (a dataset, or a folder with A/ and B/) for a grid of input | output | target.")] = None,
-    steps: Annotated[int, typer.Option(help="Frames of the --interpolate walk.")] = 10,
+    interpolate: Annotated[Optional[tuple[int, int]], typer.Option(metavar="A B", help="Latent walk between seeds A and B (spherical).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Images of the --interpolate walk, A and B included. \\[default: 10]")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", "-i", metavar="PATH", help="pix2pix: what to translate: an image, a folder of images, - for a PNG on stdin, or NAME[:SPLIT] (a dataset, or a folder with A/ and B/) for a grid of input | output | target.")] = None,
+    steps: Annotated[Optional[int], typer.Option(hidden=True, help="Deprecated spelling of --frames.")] = None,
     device: Device = None,
     force: Force = False,
     json_out: Json = False,
@@ -210,6 +368,7 @@ def sample(
     """Generate images from a trained model, or translate --input images with a pix2pix model."""
     with reporting_errors(quiet, debug):
         check_paths({"--out": out, "--checkpoint": checkpoint, "--input": input})
+        frames = renamed("sample --steps", "--frames", steps, frames, "train --steps counts optimisation steps")
         if out == "-" and console.stdout_is_terminal():
             raise UsageError("--out - writes PNG bytes to stdout, which is a terminal; pipe it or redirect it to a file")
         if out == "-" and json_out:
@@ -217,8 +376,8 @@ def sample(
         from genai_cli import sampling
 
         result = sampling.run_sample(sampling.SampleRequest(
-            out=out, checkpoint=checkpoint, n=n, seeds=seeds, seed=seed, label=label, per_row=nrow,
-            interpolate=interpolate, steps=steps, device=device or "auto", force=force, input=input,
+            out=out, checkpoint=checkpoint, n=n, seeds=seeds, seed=seed, label=label, per_row=nrow, trunc=trunc,
+            interpolate=interpolate, frames=10 if frames is None else frames, device=device or "auto", force=force, input=input,
         ))
         if json_out:
             console.emit_json(result)
@@ -227,22 +386,38 @@ def sample(
             console.info(f"wrote {result['n']} images from {result['checkpoint']} to {where}")
 
 
-@app.command("eval")
+def renamed(old: str, new: str, old_value: Any, new_value: Any, why: str) -> Any:
+    """A flag's old spelling keeps working, with one warning line; both at once must agree."""
+    if old_value is None:
+        return new_value
+    if new_value is not None and new_value != old_value:
+        raise UsageError(f"{old.split()[-1]} {old_value} and {new} {new_value} disagree; give {new} alone")
+    console.warn(f"{old} is deprecated: write {new} ({why})")
+    return old_value
+
+
+@app.command("eval", cls=GenaiCommand, epilog=examples(
+    "genai eval                                        # the newest run, every metric that applies",
+    "genai eval --checkpoint runs/dcgan-fashion-mnist-001 --n 10000 --json",
+    "genai eval --features inception --fail-if 'fid>30'   # exit 3 when the gate holds",
+    "genai eval --images fakes.npz --data fashion-mnist",
+    "genai eval --real --data fashion-mnist            # the real-data floor",
+))
 def evaluate(
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Run directory or model.safetensors. \\[default: runs/latest]")] = None,
-    n: Annotated[int, typer.Option("--n", "-n", help="Generated (and at most as many real reference) images.")] = 10_000,
-    metrics: Annotated[Optional[str], typer.Option(help="Comma list of fid, kid, is, pr, dc, acc, nll, paired (pix2pix: l1, psnr, ssim). \\[default: all that apply]")] = None,
-    features: Annotated[str, typer.Option(help="classifier (fast, genai's per-dataset CNN) or inception (the FID network).")] = "classifier",
-    inception_weights: Annotated[Optional[str], typer.Option(help="FID Inception file (else $GENAI_INCEPTION_WEIGHTS, the caches, a download).")] = None,
+    checkpoint: Checkpoint = None,
+    n: Annotated[int, typer.Option("--n", "-n", metavar="N", help="Generated (and at most as many real reference) images.")] = 10_000,
+    metrics: Annotated[Optional[str], typer.Option(metavar="LIST", help="Comma list of fid, kid, is, pr, dc, acc, nll, paired (pix2pix: l1, psnr, ssim). \\[default: all that apply]")] = None,
+    features: Annotated[str, choice(choices.FEATURES, "--features", help="classifier (fast, genai's per-dataset CNN) or inception (the FID network).")] = "classifier",
+    inception_weights: Annotated[Optional[str], typer.Option(metavar="FILE", help="FID Inception file (else $GENAI_INCEPTION_WEIGHTS, the caches, a download).")] = None,
     real: Annotated[bool, typer.Option("--real", help="Score the train split instead of a model: the real-data floor.")] = False,
-    images: Annotated[Optional[str], typer.Option(help="Score a folder of images instead of a model.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Reference dataset. \\[default: the checkpoint's]")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Dataset root.")] = None,
+    images: Annotated[Optional[str], typer.Option(metavar="PATH", help="Score a folder of images instead of a model.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", metavar="NAME|DIR", autocompletion=complete_from(choices.DATASETS), help=f"Reference: {DATA_HELP} \\[default: the checkpoint's]")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Dataset root.")] = None,
     split: Annotated[str, typer.Option(help="Reference split.")] = "test",
     seed: Annotated[int, typer.Option(help="First sampling seed (image i uses seed+i).")] = 0,
     iw_samples: Annotated[int, typer.Option(help="Importance samples for the VAE NLL bound.")] = 64,
-    ref_stats: Annotated[Optional[str], typer.Option(help="Reference feature statistics (.npz with mu and sigma, as pytorch-fid writes) instead of the reference images' features: FID (and IS, acc, NLL) without recomputing them.")] = None,
-    fail_if: Annotated[Optional[list[str]], typer.Option("--fail-if", help='Gate such as "fid>30"; exit 3 when it holds. Repeatable.')] = None,
+    ref_stats: Annotated[Optional[str], typer.Option(metavar="FILE", help="Reference feature statistics (.npz with mu and sigma, as pytorch-fid writes) instead of the reference images' features: FID (and IS, acc, NLL) without recomputing them.")] = None,
+    fail_if: Annotated[Optional[list[str]], typer.Option("--fail-if", metavar="GATE", help='Gate such as "fid>30"; exit 3 when it holds. Repeatable.')] = None,
     device: Device = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -265,12 +440,16 @@ def evaluate(
             raise GateFailed(f"quality gate failed: {', '.join(failed)}")
 
 
-@app.command("export")
+@app.command("export", cls=GenaiCommand, epilog=examples(
+    "genai export --out generator.onnx                 # the newest run, checked against PyTorch",
+    "genai export --checkpoint runs/cgan-mnist-002 --out g.pt2 --json",
+    "genai export --format safetensors --out slim/ --dtype float16",
+))
 def export_command(
-    out: Annotated[str, typer.Option("--out", "-o", help="NAME.onnx, NAME.pt2, or a folder for --format safetensors.")],
-    fmt: Annotated[Optional[str], typer.Option("--format", help="onnx, pt2 or safetensors. \\[default: from --out]")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Run directory or model.safetensors. \\[default: runs/latest]")] = None,
-    dtype: Annotated[str, typer.Option(help="Weights of a safetensors folder: float32, float16 or bfloat16.")] = "float32",
+    out: Annotated[str, typer.Option("--out", "-o", metavar="PATH", help="NAME.onnx, NAME.pt2, or a folder for --format safetensors.")],
+    fmt: Annotated[Optional[str], choice(choices.EXPORT_FORMATS, "--format", help="\\[default: from --out]")] = None,
+    checkpoint: Checkpoint = None,
+    dtype: Annotated[str, choice(choices.DTYPES, "--dtype", help="Weights of a safetensors folder.")] = "float32",
     check: Annotated[Optional[bool], typer.Option("--check/--no-check", help="Compare the export with the PyTorch model; exit 4 above --tolerance. \\[default: on; for ONNX when onnxruntime is installed]")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Largest max |difference| --check accepts. \\[default: 1e-4; 1e-2 float16, 5e-2 bfloat16]")] = None,
     unit_range: Annotated[bool, typer.Option("--unit-range", help="ONNX/pt2 output in [0, 1] instead of [-1, 1].")] = False,
@@ -296,7 +475,11 @@ def export_command(
         console.emit_json(result) if json_out else console.info(export.export_summary_line(result))
 
 
-@app.command("info")
+@app.command("info", cls=GenaiCommand, epilog=examples(
+    "genai info                                        # runs/latest",
+    "genai info runs/dcgan-fashion-mnist-001/model.safetensors --json",
+    "genai info slim/",
+))
 def info_command(
     path: Annotated[Optional[str], typer.Argument(help="Run directory, model.safetensors, training_state.safetensors or slim export folder. \\[default: runs/latest]")] = None,
     json_out: Json = False,
@@ -312,10 +495,14 @@ def info_command(
         console.emit_json(summary) if json_out else console.emit_text(export.info_text(summary))
 
 
-@app.command("data")
+@app.command("data", cls=GenaiCommand, epilog=examples(
+    "genai data                                        # the registered datasets",
+    "genai data fashion-mnist                          # where it is read from (downloads it when online)",
+    "genai data cifar10 --split test --json",
+))
 def data_command(
-    name: Annotated[Optional[str], typer.Argument(help="A dataset name or image folder; none lists the registered datasets.")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Dataset root (else $GENAI_DATA_DIR, else ~/.cache/genai/datasets).")] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME|DIR", autocompletion=complete_from(choices.DATASETS), help="A dataset name or image folder; none lists the registered datasets.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Dataset root (else $GENAI_DATA_DIR, else ~/.cache/genai/datasets).")] = None,
     split: Annotated[str, typer.Option(help="train or test.")] = "train",
     json_out: Json = False,
     quiet: Quiet = False,

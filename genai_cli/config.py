@@ -206,6 +206,7 @@ BOUNDS: dict[str, Bound] = {
     "--nproc-per-node": Bound(1, 1024),
     "--n": COUNT,
     "--nrow": COUNT,
+    "--trunc": Bound(0, 1),  # sample's truncation psi: 1 keeps the latents, 0 collapses them onto their mean
     "--iw-samples": Bound(1, 100_000),
     "--tolerance": Bound(0, math.inf, low_open=True),
 }

@@ -21,8 +21,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def grid(images: torch.Tensor, per_row: int, padding: int = GRID_PADDING) -> np.ndarray:
-    """uint8 N×C×H×W -> one H'×W'×C array with `per_row` images per row, black padding."""
+    """uint8 N×C×H×W -> one H'×W'×C array with `per_row` images per row, black padding; one image
+    is that image at its own size (`sample --seeds 5 --out one.png`), with no border."""
     n, c, h, w = images.shape
+    if n == 1:
+        return images[0].permute(1, 2, 0).cpu().numpy()
     per_row = max(1, min(per_row, n))
     rows = math.ceil(n / per_row)
     out = np.zeros((rows * (h + padding) + padding, per_row * (w + padding) + padding, c), np.uint8)
@@ -44,6 +47,17 @@ def png_bytes(array: np.ndarray) -> bytes:
 def image_png(image: torch.Tensor) -> bytes:
     """One uint8 C×H×W image -> PNG bytes."""
     return png_bytes(image.permute(1, 2, 0).cpu().numpy())
+
+
+def gif_bytes(images: torch.Tensor, frame_ms: int) -> bytes:
+    """uint8 N×C×H×W -> an animated GIF, one frame per image, looping forever. Gray frames keep
+    their 256 levels; colour frames get a palette each (GIF's limit), adaptive, not dithered."""
+    frames = [Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a) for a in images.permute(0, 2, 3, 1).cpu().numpy()]
+    if frames[0].mode == "RGB":
+        frames = [f.quantize(256, dither=Image.Dither.NONE) for f in frames]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return buffer.getvalue()
 
 
 CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]

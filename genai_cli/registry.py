@@ -19,6 +19,15 @@ def normalise_name(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+def unknown_name(what: str, name: str, names: list[str] | tuple[str, ...]) -> str:
+    """The answer to a misspelt name, for the registries and the CLI's choice flags alike:
+    "unknown model 'dcgna'; did you mean 'dcgan'? choose one of: ..." """
+    keys = {normalise_name(n): n for n in names}
+    close = difflib.get_close_matches(normalise_name(name), keys, n=1, cutoff=0.6)
+    hint = f"did you mean {keys[close[0]]!r}? " if close else ""
+    return f"unknown {what} {name!r}; {hint}choose one of: {', '.join(names)}"
+
+
 class Registry(Generic[T]):
     def __init__(self, what: str) -> None:
         self.what = what  # "model", "dataset" or "objective", used in messages
@@ -37,9 +46,7 @@ class Registry(Generic[T]):
         raise UsageError(self.unknown_message(name))
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(normalise_name(name), self._items, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"unknown {self.what} {name!r}; {hint}choose one of: {', '.join(self.names())}"
+        return unknown_name(self.what, name, self.names())
 
     def __contains__(self, name: str) -> bool:
         return normalise_name(name) in self._items

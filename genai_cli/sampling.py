@@ -3,6 +3,11 @@
 Image i's latent comes from its own seed, drawn on the CPU with a seeded torch.Generator
 and then moved to the device, so a seed names the same image on every run and device
 (up to the device's arithmetic) and `--seeds 0-63` equals `--n 64 --seed 0`.
+
+`--trunc PSI` is the truncation trick (Brock et al. 2018; stylegan2-ada's `generate.py --trunc`)
+in its simplest form: genai's latents are N(0, I), whose mean is 0, so pulling a latent toward
+the mean is z * PSI. It scales the noise that goes in, so a VAE's fitted prior pulls toward its
+own mean as well.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from genai_cli.runtime import pick_device
 
 SAMPLE_BATCH = 256  # images generated (and, for a folder, written) at a time
 SAMPLE_GRID_PAIRS = 64  # pairs of a dataset split that `sample --input NAME:SPLIT` translates unless --n says
+GIF_FRAME_MS = 100  # an --interpolate walk of 10 frames plays in a second
 
 
 class Seeds(Sequence[int]):
@@ -140,6 +146,8 @@ class SamplePlan:
     label: int | None = None  # every image of this class
     per_class: int | None = None  # conditional without --label: images k*per_class.. are class k
     walk: torch.Tensor | None = None  # --interpolate: the latents of the walk
+    walk_seeds: tuple[int, int] | None = None  # --interpolate: the seeds it walks between
+    trunc: float = 1.0  # --trunc: latents scaled toward their mean, 0
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -147,7 +155,13 @@ class SamplePlan:
     def chunk(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Latents and labels of images start..stop-1."""
         z = self.walk[start:stop] if self.walk is not None else latents(self.seeds[start:stop], self.latent_dim)
-        return z, self.labels_of(start, stop)
+        return z * self.trunc if self.trunc != 1 else z, self.labels_of(start, stop)
+
+    def origin(self, i: int) -> dict[str, object]:
+        """Where image i comes from, for a manifest: its seed, or its frame of the walk."""
+        if self.walk_seeds is None:
+            return {"seed": self.seeds[i]}
+        return {"frame": i, "interpolate": list(self.walk_seeds)}
 
     def labels_of(self, start: int, stop: int) -> torch.Tensor | None:
         if self.label is not None:
@@ -176,21 +190,31 @@ def write_grid(batch: SampleBatch, out: Path) -> list[str]:
     return [str(out)]
 
 
-def write_npz(batch: SampleBatch, out: Path) -> list[str]:
+def write_gif(batch: SampleBatch, out: Path) -> list[str]:
+    """The walk as an animated GIF, one frame per image, looping."""
+    atomic_write(out, imgs.gif_bytes(batch.images, GIF_FRAME_MS))
+    return [str(out)]
+
+
+def npz_bytes(images: torch.Tensor, **extra: np.ndarray) -> bytes:
+    """uint8 N×C×H×W images as `arr_0`, N×H×W×C: the layout FID tools read (guided-diffusion's
+    evaluator, `np.load(f)["arr_0"]`), with `extra` arrays beside it."""
     buffer = io.BytesIO()
-    labels = batch.labels.numpy() if batch.labels is not None else np.full(len(batch.seeds), -1)
-    np.savez_compressed(
-        buffer, images=batch.images.permute(0, 2, 3, 1).numpy(), labels=labels, seeds=np.asarray(list(batch.seeds))
-    )
-    atomic_write(out, buffer.getvalue())
+    np.savez_compressed(buffer, arr_0=images.permute(0, 2, 3, 1).numpy(), **extra)
+    return buffer.getvalue()
+
+
+def write_npz(batch: SampleBatch, out: Path) -> list[str]:
+    labels = {"labels": batch.labels.numpy()} if batch.labels is not None else {}
+    atomic_write(out, npz_bytes(batch.images, seeds=np.asarray(list(batch.seeds)), **labels))
     return [str(out)]
 
 
 def write_folder(model: GenerativeModel, plan: SamplePlan, device: torch.device, out: Path, checkpoint: Path,
                  classes: list[str]) -> list[str]:
-    """One PNG per image plus manifest.jsonl (file, seed, label, checkpoint sha256), generated and
-    written SAMPLE_BATCH images at a time, so memory stays flat for any number of images; the
-    manifest (which lists every file) is returned, not the files."""
+    """One PNG per image plus manifest.jsonl (file, seed, label, checkpoint sha256; a walk's frames
+    their index), generated and written SAMPLE_BATCH images at a time, so memory stays flat for any
+    number of images; the manifest (which lists every file) is returned, not the files."""
     sha = file_sha256(checkpoint)
     manifest = out / "manifest.jsonl"
     with atomic_writer(manifest) as lines:
@@ -200,9 +224,10 @@ def write_folder(model: GenerativeModel, plan: SamplePlan, device: torch.device,
             images = generate(model, z, labels, device)
             for i, seed in enumerate(plan.seeds[start:stop]):
                 label = int(labels[i]) if labels is not None else None
-                name = f"seed{seed:06d}.png" if label is None else f"seed{seed:06d}-class{label}.png"
+                stem = f"frame{start + i:04d}" if plan.walk is not None else f"seed{seed:06d}"
+                name = f"{stem}.png" if label is None else f"{stem}-class{label}.png"
                 atomic_write(out / name, imgs.image_png(images[i]))
-                entry = {"file": name, "seed": seed, "label": label, "checkpoint_sha256": sha}
+                entry = {"file": name, **plan.origin(start + i), "label": label, "checkpoint_sha256": sha}
                 if label is not None and label < len(classes):
                     entry["class"] = classes[label]
                 lines.write((json.dumps(entry) + "\n").encode())
@@ -281,7 +306,8 @@ def run_translate(req: SampleRequest, model: GenerativeModel, loaded: ckpt.Check
                   device: torch.device) -> tuple[list[str], int]:
     """`sample --input`: one output per input, as a folder (+ manifest), an npz, or a grid (one
     input alone: its translation) on a file or stdout."""
-    for flag, value in (("--seeds", req.seeds), ("--label", req.label), ("--interpolate", req.interpolate)):
+    for flag, value in (("--seeds", req.seeds), ("--label", req.label), ("--interpolate", req.interpolate),
+                        ("--trunc", req.trunc if req.trunc != 1 else None)):
         if value is not None:
             raise UsageError(f"{flag} chooses latents, but a {model.config.kind} model translates images and has none; "
                              "drop it and give the images with --input")
@@ -298,12 +324,12 @@ def run_translate(req: SampleRequest, model: GenerativeModel, loaded: ckpt.Check
                 lines.write((json.dumps(entry) + "\n").encode())
         return [str(out / "manifest.jsonl")], len(outputs)
     if kind == "npz":
-        buffer = io.BytesIO()
-        extra = {"targets": given.targets.permute(0, 2, 3, 1).numpy()} if given.targets is not None else {}
-        np.savez_compressed(buffer, images=outputs.permute(0, 2, 3, 1).numpy(),
-                            inputs=given.inputs.permute(0, 2, 3, 1).numpy(), **extra)
-        atomic_write(out, buffer.getvalue())
+        sides = {"inputs": given.inputs} | ({"targets": given.targets} if given.targets is not None else {})
+        atomic_write(out, npz_bytes(outputs, **{k: v.permute(0, 2, 3, 1).numpy() for k, v in sides.items()}))
         return [str(out)], len(outputs)
+    if kind == "gif":
+        raise UsageError("--out .gif animates an --interpolate walk, which a translating model has none of; "
+                         "use a .png, a folder, .npz or -")
     single = len(outputs) == 1 and given.targets is None
     picture = imgs.grid(outputs, 1) if single else translation_grid(given.inputs, outputs, given.targets)
     if kind == "stdout":
@@ -323,7 +349,8 @@ class SampleRequest:
     label: str | None = None
     per_row: int | None = None
     interpolate: tuple[int, int] | None = None
-    steps: int = 10
+    frames: int = 10  # images of the --interpolate walk
+    trunc: float = 1.0  # truncation psi: latents times trunc
     device: str = "auto"
     force: bool = False
     input: str | None = None  # images for a translating model (pix2pix) to translate
@@ -344,15 +371,15 @@ def output_kind(out: str) -> str:
     if out == "-":
         return "stdout"
     suffix = Path(out).suffix.lower()
-    return {".png": "grid", ".npz": "npz"}.get(suffix, "folder" if not suffix else "unknown")
+    return {".png": "grid", ".npz": "npz", ".gif": "gif"}.get(suffix, "folder" if not suffix else "unknown")
 
 
 def check_output(out: str, kind: str, force: bool) -> None:
     path = Path(out)
     if kind == "unknown":
-        raise UsageError(f"--out {out!r}: use a .png grid, a .npz array, a folder, or - for PNG bytes on stdout")
+        raise UsageError(f"--out {out!r}: use a .png grid, a .gif walk, a .npz array, a folder, or - for PNG bytes on stdout")
     if kind == "folder" and path.exists() and not path.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder; choose a folder name or a .png/.npz file")
+        raise UsageError(f"--out {out} is a file, not a folder; choose a folder name or a .png/.gif/.npz file")
     exists = path.is_dir() and any(path.iterdir()) if kind == "folder" else kind != "stdout" and path.exists()
     if exists and not force:
         raise UsageError(f"{out} already exists; pass --force to overwrite it or choose another --out")
@@ -366,12 +393,12 @@ def plan_batch(req: SampleRequest, model: GenerativeModel, classes: list[str]) -
         raise UsageError(f"--label needs a conditional model (cgan, cvae); this checkpoint is a {cfg.kind}")
     label = parse_label(req.label, classes, cfg.num_classes) if req.label is not None else None
     if req.interpolate is not None:
-        if req.steps < 2:
-            raise UsageError(f"--steps must be at least 2 for --interpolate, got {req.steps}")
+        if req.frames < 2:
+            raise UsageError(f"--frames must be at least 2 for --interpolate, got {req.frames}")
         if model.conditional and label is None:
             raise UsageError("--interpolate on a conditional model needs --label: the class to walk in")
         _check_seed_range(req.interpolate)
-        n = req.steps
+        n = req.frames
     else:
         seeds: Sequence[int] = parse_seeds(req.seeds) if req.seeds else Seeds([range(req.seed, req.seed + (req.n or 64))])
         if req.n is not None and req.seeds and req.n != len(seeds):
@@ -385,14 +412,14 @@ def plan_batch(req: SampleRequest, model: GenerativeModel, classes: list[str]) -
     walk = None
     if req.interpolate is not None:
         ends = latents(list(req.interpolate), model.latent_dim)
-        walk = slerp(ends[0], ends[1], req.steps)
-        seeds = [req.interpolate[0]] * req.steps
+        walk = slerp(ends[0], ends[1], req.frames)
+        seeds = [req.interpolate[0]] * req.frames
     per_row = req.per_row or (n if req.interpolate else max(1, math.ceil(math.sqrt(n))))
     per_class = None
     if model.conditional and label is None:
         per_class = math.ceil(n / cfg.num_classes)
         per_row = req.per_row or per_class
-    return SamplePlan(seeds, model.latent_dim, per_row, label, per_class, walk)
+    return SamplePlan(seeds, model.latent_dim, per_row, label, per_class, walk, req.interpolate, req.trunc)
 
 
 def _check_seed_range(extremes: Sequence[int]) -> None:
@@ -406,8 +433,9 @@ def run_sample(req: SampleRequest) -> dict:
     check_output(req.out, kind, req.force)
     check_range("--n", req.n)
     check_range("--nrow", req.per_row)
-    if req.interpolate is not None and kind == "folder":
-        raise UsageError("--interpolate writes a grid: use --out NAME.png, NAME.npz or -")
+    check_range("--trunc", req.trunc)
+    if kind == "gif" and req.interpolate is None:
+        raise UsageError(f"--out {req.out}: a .gif animates a walk: add --interpolate A B, or write a .png grid")
     device = pick_device(req.device)
     model, loaded = ckpt.load_model(req.checkpoint, device)
     if model.translates != (req.input is not None):
@@ -430,10 +458,8 @@ def run_sample(req: SampleRequest) -> dict:
         if kind == "stdout":
             emit_bytes(imgs.png_bytes(imgs.grid(batch.images, batch.per_row)))
             files = ["-"]
-        elif kind == "grid":
-            files = write_grid(batch, out)
         else:
-            files = write_npz(batch, out)
+            files = {"grid": write_grid, "gif": write_gif, "npz": write_npz}[kind](batch, out)
     return {
         "checkpoint": str(loaded.path),
         "kind": loaded.config.model.kind,

@@ -415,7 +415,7 @@ def test_train_run_directories_latest_and_default_sampling(idx_root: Path, tmp_p
     assert Path(json.loads(result.stdout)["checkpoint"]).resolve() == (run2 / ck.MODEL_FILE).resolve()
     for run, name in ((run1, "one.npz"), (run2, "two.npz")):
         assert invoke("sample", "--checkpoint", str(run), "--n", "4", "--out", name).exit_code == 0
-    latest_images, one, two = (np.load(n)["images"] for n in ("latest.npz", "one.npz", "two.npz"))
+    latest_images, one, two = (np.load(n)["arr_0"] for n in ("latest.npz", "one.npz", "two.npz"))
     assert np.array_equal(latest_images, two)
     assert not np.array_equal(latest_images, one)
 

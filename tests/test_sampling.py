@@ -82,15 +82,15 @@ def test_same_seed_same_image(tiny_runs, tmp_path: Path):
     three = sample_npz(run, tmp_path / "a.npz", "--seeds", "3-5")
     one = sample_npz(run, tmp_path / "b.npz", "--seeds", "5")
     assert list(three["seeds"]) == [3, 4, 5] and list(one["seeds"]) == [5]
-    assert np.array_equal(three["images"][2], one["images"][0])
-    assert not np.array_equal(three["images"][0], three["images"][2]), "different seeds gave the same image"
+    assert np.array_equal(three["arr_0"][2], one["arr_0"][0])
+    assert not np.array_equal(three["arr_0"][0], three["arr_0"][2]), "different seeds gave the same image"
 
 
 def test_seeds_5_is_the_sixth_image_of_n_64(tiny_runs, tmp_path: Path):
     """The README's promise."""
     grid = sample_npz(tiny_runs["dcgan"], tmp_path / "a.npz", "--n", "64", "--seed", "0")
     five = sample_npz(tiny_runs["dcgan"], tmp_path / "b.npz", "--seeds", "5")
-    assert np.array_equal(grid["images"][5], five["images"][0])
+    assert np.array_equal(grid["arr_0"][5], five["arr_0"][0])
 
 
 def test_n_and_seed_equal_the_seed_range(tiny_runs, tmp_path: Path):
@@ -98,9 +98,9 @@ def test_n_and_seed_equal_the_seed_range(tiny_runs, tmp_path: Path):
     by_n = sample_npz(run, tmp_path / "a.npz", "--n", "4", "--seed", "0")
     by_seeds = sample_npz(run, tmp_path / "b.npz", "--seeds", "0-3")
     assert list(by_n["seeds"]) == [0, 1, 2, 3]
-    assert np.array_equal(by_n["images"], by_seeds["images"])
+    assert np.array_equal(by_n["arr_0"], by_seeds["arr_0"])
     shifted = sample_npz(run, tmp_path / "c.npz", "--n", "2", "--seed", "2")
-    assert np.array_equal(shifted["images"], by_seeds["images"][2:])
+    assert np.array_equal(shifted["arr_0"], by_seeds["arr_0"][2:])
 
 
 def test_n_disagreeing_with_seeds(tiny_runs, tmp_path: Path):
@@ -138,7 +138,7 @@ def test_folder_output_and_manifest(tiny_runs, tmp_path: Path):
     ref = sample_npz(run, tmp_path / "ref.npz", "--seeds", "2,4,11")
     for i, e in enumerate(entries):
         pixels = np.asarray(Image.open(out / e["file"]))
-        assert np.array_equal(pixels, ref["images"][i][:, :, 0])
+        assert np.array_equal(pixels, ref["arr_0"][i][:, :, 0])
 
 
 def test_folder_output_of_a_conditional_model_records_labels(tiny_runs, tmp_path: Path):
@@ -150,12 +150,30 @@ def test_folder_output_of_a_conditional_model_records_labels(tiny_runs, tmp_path
     assert len(list(out.glob("*.png"))) == 3
 
 
-def test_npz_output(tiny_runs, tmp_path: Path):
-    data = sample_npz(tiny_runs["dcgan"], tmp_path / "s.npz", "--n", "5", "--seed", "10")
-    assert data["images"].shape == (5, 16, 16, 1)
-    assert data["images"].dtype == np.uint8
+@pytest.mark.parametrize("kind,keys", [("dcgan", {"arr_0", "seeds"}), ("cgan", {"arr_0", "seeds", "labels"})])
+def test_npz_output_is_what_fid_tools_read(tiny_runs, tmp_path: Path, kind: str, keys: set[str]):
+    """`arr_0`, N×H×W×C uint8, as guided-diffusion's evaluator and others read it; labels only where there are
+    labels, and the images stored once."""
+    data = sample_npz(tiny_runs[kind], tmp_path / "s.npz", "--n", "5", "--seed", "10")
+    assert set(data) == keys
+    assert data["arr_0"].shape == (5, 16, 16, 1)
+    assert data["arr_0"].dtype == np.uint8
     assert list(data["seeds"]) == [10, 11, 12, 13, 14]
-    assert data["labels"].shape == (5,)
+    if "labels" in keys:
+        assert data["labels"].shape == (5,)
+
+
+@pytest.mark.parametrize("out", ["one.png", "-"])
+def test_one_image_is_written_at_its_own_size(tiny_runs, tmp_path: Path, out: str):
+    """`--seeds 5 --out one.png` is the image itself, not a one-cell grid with a border."""
+    result = sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(tmp_path / out) if out != "-" else out,
+                    "--seeds", "5")
+    png = result.stdout_bytes if out == "-" else (tmp_path / out).read_bytes()
+    with Image.open(__import__("io").BytesIO(png)) as image:
+        assert image.size == (16, 16)
+        pixels = np.asarray(image)
+    ref = sample_npz(tiny_runs["dcgan"], tmp_path / "ref.npz", "--seeds", "5")
+    assert np.array_equal(pixels, ref["arr_0"][0][:, :, 0])
 
 
 def test_png_grid_layout(tiny_runs, tmp_path: Path):
@@ -165,7 +183,7 @@ def test_png_grid_layout(tiny_runs, tmp_path: Path):
         assert image.size == (3 * 18 + 2, 2 * 18 + 2)
     npz = sample_npz(tiny_runs["dcgan"], tmp_path / "g.npz", "--n", "6")
     tile = np.asarray(Image.open(out))[2 + 18 : 2 + 18 + 16, 2 + 18 * 2 : 2 + 18 * 2 + 16]
-    assert np.array_equal(tile, npz["images"][5][:, :, 0])  # image 5 sits at row 1, column 2
+    assert np.array_equal(tile, npz["arr_0"][5][:, :, 0])  # image 5 sits at row 1, column 2
 
 
 def test_json_summary(tiny_runs, tmp_path: Path):
@@ -176,7 +194,7 @@ def test_json_summary(tiny_runs, tmp_path: Path):
     assert Path(summary["checkpoint"]) == tiny_runs["dcgan"] / ck.MODEL_FILE
 
 
-@pytest.mark.parametrize("name", ["x.gif", "x.tar.gz"])
+@pytest.mark.parametrize("name", ["x.jpg", "x.tar.gz"])
 def test_unknown_output_kind(tiny_runs, tmp_path: Path, name: str):
     sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(tmp_path / name), code=2)
 
@@ -190,10 +208,16 @@ def test_label_by_index_or_name(tiny_runs, tmp_path: Path, label: str, index: in
     assert list(data["labels"]) == [index] * 3
 
 
+def test_class_is_another_name_for_label(tiny_runs, tmp_path: Path):
+    by_label = sample_npz(tiny_runs["cgan"], tmp_path / "a.npz", "--seeds", "0-2", "--label", "Sneaker")
+    by_class = sample_npz(tiny_runs["cgan"], tmp_path / "b.npz", "--seeds", "0-2", "--class", "Sneaker")
+    assert list(by_class["labels"]) == [7] * 3 and np.array_equal(by_class["arr_0"], by_label["arr_0"])
+
+
 def test_label_changes_the_image(tiny_runs, tmp_path: Path):
     a = sample_npz(tiny_runs["cgan"], tmp_path / "a.npz", "--seeds", "0", "--label", "1")
     b = sample_npz(tiny_runs["cgan"], tmp_path / "b.npz", "--seeds", "0", "--label", "8")
-    assert not np.array_equal(a["images"], b["images"])
+    assert not np.array_equal(a["arr_0"], b["arr_0"])
 
 
 def test_label_on_unconditional_model(tiny_runs, models, tmp_path: Path):
@@ -230,7 +254,7 @@ def test_conditional_grid_images_follow_the_labels(tiny_runs, tmp_path: Path):
     grid = sample_npz(tiny_runs["cgan"], tmp_path / "g.npz", "--n", "20")
     assert list(grid["labels"]) == [i // 2 for i in range(20)]
     row3 = sample_npz(tiny_runs["cgan"], tmp_path / "r.npz", "--seeds", "6,7", "--label", "3")
-    assert np.array_equal(grid["images"][6:8], row3["images"])
+    assert np.array_equal(grid["arr_0"][6:8], row3["arr_0"])
 
 
 # ---------------------------------------------------------------- interpolation
@@ -239,49 +263,112 @@ def test_conditional_grid_images_follow_the_labels(tiny_runs, tmp_path: Path):
 @pytest.mark.parametrize("a,b", [(2, 7), (0, 5), (3, 9)])
 def test_interpolation_endpoints_are_the_seed_images(tiny_runs, models, tmp_path: Path, a: int, b: int):
     model, _ = models["dcgan"]
-    plan = plan_batch(SampleRequest(out="x.npz", interpolate=(a, b), steps=5), model, [])
+    plan = plan_batch(SampleRequest(out="x.npz", interpolate=(a, b), frames=5), model, [])
     ends = sampling.latents([a, b], model.latent_dim)
     assert torch.equal(plan.z[0], ends[0]) and torch.equal(plan.z[-1], ends[1])
-    walk = sample_npz(tiny_runs["dcgan"], tmp_path / "w.npz", "--interpolate", str(a), str(b), "--steps", "5")
+    walk = sample_npz(tiny_runs["dcgan"], tmp_path / "w.npz", "--interpolate", str(a), str(b), "--frames", "5")
     seeds = sample_npz(tiny_runs["dcgan"], tmp_path / "s.npz", "--seeds", f"{a},{b}")
-    assert walk["images"].shape[0] == 5
-    assert np.array_equal(walk["images"][0], seeds["images"][0])
-    assert np.array_equal(walk["images"][-1], seeds["images"][1])
-    assert not np.array_equal(walk["images"][2], walk["images"][0])
+    assert walk["arr_0"].shape[0] == 5
+    assert np.array_equal(walk["arr_0"][0], seeds["arr_0"][0])
+    assert np.array_equal(walk["arr_0"][-1], seeds["arr_0"][1])
+    assert not np.array_equal(walk["arr_0"][2], walk["arr_0"][0])
 
 
 def test_interpolation_grid_is_one_row(tiny_runs, tmp_path: Path):
     out = tmp_path / "walk.png"
-    sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(out), "--interpolate", "0", "1", "--steps", "4")
+    sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(out), "--interpolate", "0", "1", "--frames", "4")
     with Image.open(out) as image:
         assert image.size == (4 * 18 + 2, 18 + 2)
 
 
 def test_conditional_interpolation_keeps_the_label(tiny_runs, tmp_path: Path):
-    walk = sample_npz(tiny_runs["cgan"], tmp_path / "w.npz", "--interpolate", "2", "7", "--steps", "4", "--label", "5")
+    walk = sample_npz(tiny_runs["cgan"], tmp_path / "w.npz", "--interpolate", "2", "7", "--frames", "4", "--label", "5")
     seeds = sample_npz(tiny_runs["cgan"], tmp_path / "s.npz", "--seeds", "2,7", "--label", "5")
     assert list(walk["labels"]) == [5] * 4
-    assert np.array_equal(walk["images"][[0, -1]], seeds["images"])
+    assert np.array_equal(walk["arr_0"][[0, -1]], seeds["arr_0"])
 
 
 def test_conditional_interpolation_needs_a_label(tiny_runs, models, tmp_path: Path):
     """Without --label the default per-class layout would change class on every frame of the walk."""
     model, loaded = models["cgan"]
     with pytest.raises(UsageError, match="--label"):
-        plan_batch(SampleRequest(out="x.png", interpolate=(0, 1), steps=6), model, loaded.config.data.classes)
+        plan_batch(SampleRequest(out="x.png", interpolate=(0, 1), frames=6), model, loaded.config.data.classes)
     sample("--checkpoint", str(tiny_runs["cgan"]), "--out", str(tmp_path / "w.png"), "--interpolate", "0", "1", code=2)
 
 
-@pytest.mark.parametrize("flags,code", [(["--steps", "1"], 2), (["--steps", "0"], 2)])
-def test_interpolation_needs_two_steps(tiny_runs, tmp_path: Path, flags, code):
+@pytest.mark.parametrize("flags,code", [(["--frames", "1"], 2), (["--frames", "0"], 2)])
+def test_interpolation_needs_two_frames(tiny_runs, tmp_path: Path, flags, code):
     sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(tmp_path / "w.png"),
            "--interpolate", "0", "1", *flags, code=code)
 
 
-def test_interpolation_into_a_folder_is_refused(tiny_runs, tmp_path: Path):
-    sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(tmp_path / "walk"),
-           "--interpolate", "0", "1", code=2)
-    assert not (tmp_path / "walk").exists() or not any((tmp_path / "walk").iterdir())
+def test_interpolation_as_an_animated_gif(tiny_runs, tmp_path: Path):
+    run, out = tiny_runs["dcgan"], tmp_path / "walk.gif"
+    sample("--checkpoint", str(run), "--out", str(out), "--interpolate", "0", "1", "--frames", "5")
+    walk = sample_npz(run, tmp_path / "walk.npz", "--interpolate", "0", "1", "--frames", "5")
+    with Image.open(out) as gif:
+        assert gif.is_animated and gif.n_frames == 5 and gif.size == (16, 16)
+        for i in range(5):
+            gif.seek(i)
+            assert np.array_equal(np.asarray(gif.convert("L")), walk["arr_0"][i][:, :, 0]), f"frame {i}"
+
+
+def test_interpolation_into_a_folder_writes_its_frames(tiny_runs, tmp_path: Path):
+    run, out = tiny_runs["dcgan"], tmp_path / "walk"
+    sample("--checkpoint", str(run), "--out", str(out), "--interpolate", "3", "8", "--frames", "4")
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [e["file"] for e in entries] == [f"frame{i:04d}.png" for i in range(4)]
+    assert all(e["frame"] == i and e["interpolate"] == [3, 8] and "seed" not in e for i, e in enumerate(entries))
+    walk = sample_npz(run, tmp_path / "walk.npz", "--interpolate", "3", "8", "--frames", "4")
+    for i, e in enumerate(entries):
+        assert np.array_equal(np.asarray(Image.open(out / e["file"])), walk["arr_0"][i][:, :, 0])
+
+
+def test_a_gif_needs_a_walk(tiny_runs, tmp_path: Path):
+    result = sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(tmp_path / "x.gif"), "--n", "4", code=2)
+    assert "--interpolate" in result.stderr and not (tmp_path / "x.gif").exists()
+
+
+def test_steps_is_the_old_spelling_of_frames(tiny_runs, tmp_path: Path):
+    """`sample --steps` counted frames, which `train --steps` does not: it still works, with one warning."""
+    run = tiny_runs["dcgan"]
+    old = sample("--checkpoint", str(run), "--out", str(tmp_path / "a.npz"), "--interpolate", "0", "1", "--steps", "3")
+    assert [line for line in old.stderr.splitlines() if "deprecated" in line] == [
+        "warning: sample --steps is deprecated: write --frames (train --steps counts optimisation steps)"]
+    new = sample("--checkpoint", str(run), "--out", str(tmp_path / "b.npz"), "--interpolate", "0", "1", "--frames", "3")
+    assert "deprecated" not in new.stderr
+    assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+    sample("--checkpoint", str(run), "--out", str(tmp_path / "c.npz"), "--interpolate", "0", "1",
+           "--steps", "3", "--frames", "4", code=2)
+
+
+# ---------------------------------------------------------------- truncation
+
+
+def test_truncation_scales_the_latents(models):
+    model, _ = models["dcgan"]
+    plain = plan_batch(SampleRequest(out="x.npz", seeds="0-3"), model, [])
+    half = plan_batch(SampleRequest(out="x.npz", seeds="0-3", trunc=0.5), model, [])
+    assert torch.equal(half.z, plain.z * 0.5)
+
+
+@pytest.mark.parametrize("kind,label", [("dcgan", []), ("cgan", ["--label", "3"])])
+def test_truncation_zero_is_the_one_average_image_and_one_changes_nothing(tiny_runs, tmp_path: Path, kind: str,
+                                                                         label: list[str]):
+    def images(name: str, *trunc: str) -> np.ndarray:
+        return sample_npz(tiny_runs[kind], tmp_path / name, "--seeds", "0-3", *label, *trunc)["arr_0"]
+
+    default = images("d.npz")
+    assert np.array_equal(images("one.npz", "--trunc", "1"), default)
+    zero = images("zero.npz", "--trunc", "0")
+    assert all(np.array_equal(image, zero[0]) for image in zero)
+    assert not np.array_equal(images("half.npz", "--trunc", "0.5"), default)
+
+
+@pytest.mark.parametrize("psi", ["1.5", "-0.1", "nan"])
+def test_truncation_outside_0_1_is_a_usage_error(tiny_runs, tmp_path: Path, psi: str):
+    result = sample("--checkpoint", str(tiny_runs["dcgan"]), "--out", str(tmp_path / "x.png"), "--trunc", psi, code=2)
+    assert "--trunc must be" in result.stderr and not (tmp_path / "x.png").exists()
 
 
 # ---------------------------------------------------------------- overwriting
@@ -301,7 +388,7 @@ def test_refuses_to_overwrite_without_force(tiny_runs, tmp_path: Path, name: str
             image.verify()
     else:
         with np.load(out) as data:
-            assert data["images"].shape[0] == 2
+            assert data["arr_0"].shape[0] == 2
 
 
 def test_refuses_to_write_into_a_non_empty_folder_without_force(tiny_runs, tmp_path: Path):
