@@ -122,10 +122,13 @@ class GenaiGroup(OneLineUsageErrors, TyperGroup):
 
 
 def no_fake_placeholders(params: list[Any]) -> list[Any]:
-    """Help shows no type for a flag (Typer writes `--force <bool>`, and `--force true` is an error) and the
-    option's own name for a value without a metavar (`--batch-size BATCH_SIZE`, not `<int>`)."""
+    """Help shows no type for a flag (Typer writes `--force <bool>`, and `--force true` is an error), the
+    option's own name for a value without a metavar (`--batch-size BATCH_SIZE`, not `<int>`), and an argument
+    by its name alone (Typer adds `<str>` beside it)."""
     for param in params:
-        if param.param_type_name == "option" and param.metavar is None:
+        if param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None
+        elif param.metavar is None:
             param.metavar = "" if param.is_flag else param.name.upper()
     return params
 
@@ -481,7 +484,7 @@ def export_command(
     "genai info slim/",
 ))
 def info_command(
-    path: Annotated[Optional[str], typer.Argument(help="Run directory, model.safetensors, training_state.safetensors or slim export folder. \\[default: runs/latest]")] = None,
+    path: Annotated[Optional[str], typer.Argument(metavar="PATH", help="Run directory, model.safetensors, training_state.safetensors or slim export folder. \\[default: runs/latest]")] = None,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,

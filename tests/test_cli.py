@@ -21,9 +21,10 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from genai_cli import checkpoint as ck
-from genai_cli import console
+from genai_cli import choices, console
 from genai_cli.cli import app
 from genai_cli.config import Config
+from genai_cli.errors import ExitCode, UsageError
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 COLOUR_ENV = ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "TERM", "COLUMNS", "GENAI_DEBUG")
@@ -344,6 +345,132 @@ def test_ctrl_c_exits_130(monkeypatch, tmp_path: Path):
 
     monkeypatch.setattr(sampling, "run_sample", interrupted)
     assert_one_line_error(invoke("sample", "--out", str(tmp_path / "x.png")), 130, "interrupted")
+
+
+@pytest.mark.parametrize("argv,fragments", [
+    (["sample", "--interpolate", "3", "--frames", "10"], ["--interpolate takes 2 values, A B, but --frames came"]),
+    (["sample", "--interpolate", "3"], ["--interpolate needs 2 values, A B"]),
+    (["sample", "--n", "abc"], ["--n takes a whole number, got 'abc'"]),
+    (["train", "--lr", "fast"], ["--lr takes a number, got 'fast'"]),
+    (["train", "--modle", "dcgan"], ["unknown option --modle (did you mean --model?)", "genai train -h"]),
+    (["train", "--model"], ["--model needs a value, gan|dcgan|"]),
+    (["train", "--model", "dcgna"], ["unknown --model 'dcgna'; did you mean 'dcgan'? choose one of: gan, dcgan,"]),
+    (["eval", "--features", "incpetion"], ["unknown --features 'incpetion'; did you mean 'inception'?"]),
+    (["export", "--out", "g.onnx", "--format", "tflite"], ["unknown --format 'tflite'", "onnx, pt2, safetensors"]),
+    (["export", "--out", "slim", "--dtype", "int8"], ["unknown --dtype 'int8'", "float32, float16, bfloat16"]),
+    (["export"], ["--out is required", "genai export -h"]),
+    (["sample", "--force", "true"], ["unexpected argument 'true'", "write --force, not --force true"]),
+    (["sample", "--force=yes"], ["--force is a flag and takes no value"]),
+    (["trian"], ["unknown command 'trian' (did you mean 'train'?)", "genai -h lists the commands"]),
+    (["--bogus"], ["unknown option --bogus"]),
+])
+def test_parse_errors_are_one_line_naming_the_flag_and_the_fix(argv: list[str], fragments: list[str]):
+    """Unknown options, missing values, bad types and bad choices: the same one `error:` line and exit 2 as
+    genai's own usage errors, no rich box and no usage block."""
+    result = invoke(*argv)
+    assert_one_line_error(result, 2, *fragments)
+    assert result.stderr.count("\n") == 1 and "╭" not in result.stderr and "Usage:" not in result.stderr
+
+
+def test_parse_errors_show_the_traceback_with_debug():
+    result = invoke("sample", "--debug", "--n", "x")
+    assert "Traceback" in result.stderr
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1] == "error: --n takes a whole number, got 'x'"
+
+
+def test_choices_are_case_and_underscore_blind(idx_root: Path):
+    result = invoke("train", *tiny_args(idx_root), "--model", "DCGAN", "--gan-loss", "WGAN_GP", "--norm", "None",
+                    "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert (config["model"]["kind"], config["train"]["gan_loss"], config["model"]["norm"]) == ("dcgan", "wgan-gp", "none")
+
+
+def registry_names() -> dict[str, set[str]]:
+    """What each tuple of genai_cli.choices mirrors, read from the registries themselves."""
+    from genai_cli import data, evaluation, export, pairs, runtime
+    from genai_cli.models import MODELS, blocks
+    from genai_cli.objectives import gan_losses
+
+    with pytest.raises(UsageError) as features:  # evaluation names its extractors in the refusal of others
+        evaluation.run_eval(evaluation.EvalRequest(features="none-such"))
+    return {
+        "MODELS": set(MODELS.names()), "DATASETS": set(data.DATASETS.names()),
+        "GAN_LOSSES": {spec.gan_loss for spec in gan_losses()}, "NORMS": set(blocks.NORMS),
+        "PRIORS": {"standard"} | {MODELS.get(name).prior for name in MODELS.names()} - {None},
+        "PAIRS": set(pairs.PAIRS), "DIRECTIONS": set(pairs.DIRECTIONS),
+        "FEATURES": {name for name in choices.FEATURES if repr(name) in str(features.value)},
+        "EXPORT_FORMATS": set(export.FORMATS), "DTYPES": set(export.DTYPES), "DEVICES": set(runtime.DEVICE_CHOICES),
+    }
+
+
+@pytest.mark.parametrize("name", [n for n in vars(choices) if n.isupper()])
+def test_cli_choices_match_their_registries(name: str):
+    """The CLI lists these without importing torch; the registries are what the engine accepts."""
+    assert set(getattr(choices, name)) == registry_names()[name]
+
+
+COMPLETE = ("import json, os, sys\n"
+            "from genai_cli.cli import main\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(json.dumps('torch' in sys.modules), file=sys.stderr)\n")
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("genai train --model ", choices.MODELS),
+    ("genai train --model c", ("cgan", "cvae")),
+    ("genai train --gan-loss ", choices.GAN_LOSSES),
+    ("genai train --norm ", choices.NORMS),
+    ("genai train --data ", choices.DATASETS),
+    ("genai sample --device ", choices.DEVICES),
+    ("genai eval --features ", choices.FEATURES),
+    ("genai export --format ", choices.EXPORT_FORMATS),
+    ("genai export --dtype b", ("bfloat16",)),
+    ("genai sample --tr", ("--trunc",)),
+])
+def test_shell_completion_offers_the_choices_without_importing_torch(line: str, expected: tuple[str, ...]):
+    """What bash's `genai train --model <TAB>` runs (Typer's protocol: the line in COMP_WORDS)."""
+    words = line.split(" ")
+    env = {**os.environ, "_GENAI_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
+    proc = subprocess.run([sys.executable, "-c", COMPLETE], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.stdout.split() == list(expected), proc.stderr
+    assert json.loads(proc.stderr.splitlines()[-1]) is False, "completion imported torch"
+
+
+COMMANDS = ("train", "sample", "eval", "export", "info", "data")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_no_fake_placeholders_and_ends_with_examples(command: str):
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for fake in ("<bool>", "<str>", "<int", "<float>", "list[", ">..."):
+        assert fake not in result.stdout, fake
+    tail = result.stdout.rstrip().rsplit("Examples:", 1)
+    assert len(tail) == 2 and "╰" not in tail[1], "the examples are not the end of the help"
+    examples = [line.strip() for line in tail[1].strip().splitlines()]
+    assert len(examples) >= 3 and all(line.startswith(f"genai {command}") for line in examples), examples
+
+
+@pytest.mark.parametrize("command,listed", [
+    ("train", ["gan|dcgan|cgan|vae|cvae|pix2pix", "bce|hinge|wgan-gp", "batch|group|none", "auto|cpu|cuda[:N]|mps"]),
+    ("eval", ["classifier|inception"]),
+    ("export", ["onnx|pt2|safetensors", "float32|float16|bfloat16"]),
+])
+def test_help_lists_the_choices(command: str, listed: list[str]):
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    for choice in listed:
+        assert choice in result.stdout, choice
+
+
+def test_top_level_help_lists_every_exit_code():
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    codes = [int(line.split()[0]) for line in result.stdout.split("Exit codes:")[1].splitlines()
+             if line.strip()[:1].isdigit()]
+    assert codes == sorted(v for k, v in vars(ExitCode).items() if k.isupper())
 
 
 def test_typer_usage_errors_exit_2():

@@ -244,7 +244,7 @@ def test_sample_an_image_a_folder_and_stdin(run: Path, tmp_path: Path) -> None:
         stripes((20, 20), i, "L").save(folder / f"x{i}.png")
     one = cli("sample", "-c", str(run), "--input", str(folder / "x0.png"), "--out", str(tmp_path / "one.png"), "--json")
     assert one.exit_code == 0, one.output
-    assert Image.open(tmp_path / "one.png").size == (16 + 4, 16 + 4)  # the translation, framed as a 1-image grid
+    assert Image.open(tmp_path / "one.png").size == (16, 16)  # the translation itself, no frame
     many = cli("sample", "-c", str(run), "--input", str(folder), "--out", str(tmp_path / "outs"), "--json")
     assert many.exit_code == 0 and json.loads(many.stdout)["n"] == 3
     manifest = [json.loads(line) for line in (tmp_path / "outs" / "manifest.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -161,6 +162,14 @@ def test_npz_output_is_what_fid_tools_read(tiny_runs, tmp_path: Path, kind: str,
     assert list(data["seeds"]) == [10, 11, 12, 13, 14]
     if "labels" in keys:
         assert data["labels"].shape == (5,)
+
+
+def test_translations_npz_is_what_fid_tools_read(tiny_runs, tmp_path: Path):
+    make_image_folder(tmp_path / "in", classes=(), n_per_class=3, size=20, mode="L")
+    data = sample_npz(tiny_runs["pix2pix"], tmp_path / "t.npz", "--input", str(tmp_path / "in"))
+    assert set(data) == {"arr_0", "inputs"}  # a folder has no targets
+    assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape[0] == 3 and data["arr_0"].shape[1:3] == (16, 16)
+    assert data["inputs"].shape[:3] == (3, 16, 16)
 
 
 @pytest.mark.parametrize("out", ["one.png", "-"])
