@@ -7,24 +7,20 @@ completion stay fast.
 
 from __future__ import annotations
 
-import difflib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from types import FrameType
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
-from typer._click import exceptions as click_errors  # Typer's own Click (never `import click`)
-from typer.core import TyperCommand, TyperGroup
 
 from genai_cli import __version__, choices, console
 from genai_cli.config import DataConfig, ModelConfig, TrainConfig, check_paths, parse_duration
 from genai_cli.errors import ExitCode, GateFailed, GenaiError, Terminated, UsageError
-from genai_cli.registry import normalise_name, unknown_name
+from genai_cli.flags import GenaiTyper, choice, complete_from
 
 EXIT_CODES = """Exit codes:
 
@@ -38,124 +34,8 @@ EXIT_CODES = """Exit codes:
   143  terminated (SIGTERM); training saved a checkpoint"""
 
 
-def usage_message(err: click_errors.UsageError, ctx: typer.Context) -> str:
-    """Click's parse errors as one line that names the flag and the fix, like genai's own errors."""
-    see = f"{ctx.command_path} -h lists every option"
-    params = {opt: p for p in ctx.command.params for opt in (*p.opts, *p.secondary_opts)}
-    if isinstance(err, click_errors.NoSuchOption):
-        close = difflib.get_close_matches(err.option_name, err.possibilities or params, n=1, cutoff=0.5)
-        return f"unknown option {err.option_name}" + (f" (did you mean {close[0]}?)" if close else "") + f"; {see}"
-    if isinstance(err, click_errors.BadOptionUsage):
-        param = params.get(err.option_name)
-        if "does not take a value" in err.message:
-            return f"{err.option_name} is a flag and takes no value; write {err.option_name} alone"
-        values = "a value" if param is None else f"{param.nargs} values" if param.nargs > 1 else "a value"
-        values += f", {param.metavar}" if param is not None and param.metavar else ""
-        return f"{err.option_name} needs {values}; {see}"
-    if isinstance(err, click_errors.BadParameter) and err.param is not None:
-        flag = err.param.opts[0] if err.param.opts else err.param.name.upper()
-        if isinstance(err, click_errors.MissingParameter):
-            return f"{flag} is required; {see}"
-        return bad_value_message(err, err.param, flag)
-    text = err.format_message().rstrip(".")
-    if text.startswith("Got unexpected extra argument"):
-        extra = text.rsplit("(", 1)[-1].rstrip(")")
-        return (f"unexpected argument {extra!r}: flags take no value (write --force, not --force true) and every "
-                f"value follows its option; {see}")
-    if text.startswith("No such command"):
-        return (text.replace("No such command", "unknown command", 1).replace(". Did you mean", " (did you mean")
-                + (")" if "did you mean" in text.lower() else "") + f"; {ctx.command_path} -h lists the commands")
-    return f"{text[:1].lower()}{text[1:]}; {see}"
-
-
-def bad_value_message(err: click_errors.BadParameter, param: Any, flag: str) -> str:
-    """A value Typer could not convert: the flag, what it takes and what it got (pydantic's error carries the
-    input); messages of genai's own parsers already name the flag and stand as they are."""
-    if flag in err.message:
-        return err.message
-    problems = getattr(err.__cause__, "errors", lambda: [])()
-    if not problems:
-        return f"{flag}: {err.message}"
-    got, kind = problems[0].get("input"), problems[0].get("type", "")
-    wanted = {"int_parsing": "a whole number", "float_parsing": "a number"}.get(kind, problems[0].get("msg", "a value"))
-    if param.nargs > 1 and isinstance(got, str) and got.startswith("-"):  # a value is missing: the next flag took its place
-        return f"{flag} takes {param.nargs} values, {param.metavar}, but {got} came before all of them were given"
-    return f"{flag} takes {wanted}, got {got!r}"
-
-
-class OneLineUsageErrors:
-    """Mixed into genai's command classes: a parse error (unknown option, missing or bad value, bad choice) is one
-    `error:` line and exit 2, through the same console as every other error; --debug adds the traceback."""
-
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        with one_line_usage_errors(ctx, args):
-            return super().parse_args(ctx, args)  # type: ignore[misc]
-
-    def get_params(self, ctx: typer.Context) -> list[Any]:
-        return no_fake_placeholders(super().get_params(ctx))  # type: ignore[misc]
-
-
-@contextmanager
-def one_line_usage_errors(ctx: typer.Context, args: list[str]) -> Iterator[None]:
-    debug = "--debug" in args or bool(os.environ.get("GENAI_DEBUG"))  # before the parser consumes `args`
-    try:
-        yield
-    except click_errors.NoArgsIsHelpError:  # bare `genai`: the help, as asked for
-        raise
-    except click_errors.UsageError as err:
-        if ctx.resilient_parsing:  # shell completion parses half-typed lines
-            raise
-        if debug:
-            console.print_exception()
-        console.error(usage_message(err, ctx))
-        raise typer.Exit(ExitCode.USAGE) from None
-
-
-class GenaiCommand(OneLineUsageErrors, TyperCommand):
-    pass
-
-
-class GenaiGroup(OneLineUsageErrors, TyperGroup):
-    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
-        with one_line_usage_errors(ctx, args):
-            return super().resolve_command(ctx, args)
-
-
-def no_fake_placeholders(params: list[Any]) -> list[Any]:
-    """Help shows no type for a flag (Typer writes `--force <bool>`, and `--force true` is an error), the
-    option's own name for a value without a metavar (`--batch-size BATCH_SIZE`, not `<int>`), and an argument
-    by its name alone (Typer adds `<str>` beside it)."""
-    for param in params:
-        if param.param_type_name == "argument":
-            param.display_type_rich = lambda ctx: None
-        elif param.metavar is None:
-            param.metavar = "" if param.is_flag else param.name.upper()
-    return params
-
-
-def complete_from(names: Sequence[str]) -> Callable[[str], list[str]]:
-    """Shell completion offering `names` (bash falls back to file names when none fits, e.g. for a folder)."""
-    def complete(incomplete: str) -> list[str]:
-        return [name for name in names if name.lower().startswith(incomplete.lower())]
-    return complete
-
-
-def choice(names: Sequence[str], *decls: str, help: str) -> Any:
-    """An option whose value is one of `names` (any case, `_` for `-`): --help lists them, shell completion
-    offers them, and anything else is a one-line usage error with the close name as the flag is parsed."""
-    canonical = {normalise_name(name): name for name in names}
-
-    def parse(value: str) -> str:
-        if normalise_name(value) in canonical:
-            return canonical[normalise_name(value)]
-        raise typer.BadParameter(unknown_name(decls[0], value, tuple(names)))
-
-    return typer.Option(*decls, parser=parse, metavar="|".join(names), autocompletion=complete_from(names), help=help)
-
-
-app = typer.Typer(
+app = GenaiTyper(
     name="genai",
-    cls=GenaiGroup,
     help="Train, sample, evaluate and export image generative models (GAN, DCGAN, cGAN, VAE, pix2pix).",
     epilog=EXIT_CODES,
     no_args_is_help=True,
@@ -258,7 +138,7 @@ def examples(*lines: str) -> str:
 DATA_HELP = f"{', '.join(choices.DATASETS)}, or an image folder."
 
 
-@app.command(cls=GenaiCommand, epilog=examples(
+@app.command(epilog=examples(
     "genai train --model dcgan --data fashion-mnist --max-time 10m",
     "genai train --model cgan --data mnist --epochs 10 --out runs/cgan",
     "genai train --model vae --data images/ --image-size 64",
@@ -341,7 +221,7 @@ def train(
             console.info(f"done: {result.step} steps, {result.images_per_sec:.0f} images/s; model {result.checkpoint}")
 
 
-@app.command(cls=GenaiCommand, epilog=examples(
+@app.command(epilog=examples(
     "genai sample --n 64 --out grid.png                # the newest run (runs/latest), an 8x8 grid",
     "genai sample --seeds 5 --out one.png              # one image, at its own size",
     "genai sample --class Sneaker --n 16 --trunc 0.7 --out sneakers.png",
@@ -399,7 +279,7 @@ def renamed(old: str, new: str, old_value: Any, new_value: Any, why: str) -> Any
     return old_value
 
 
-@app.command("eval", cls=GenaiCommand, epilog=examples(
+@app.command("eval", epilog=examples(
     "genai eval                                        # the newest run, every metric that applies",
     "genai eval --checkpoint runs/dcgan-fashion-mnist-001 --n 10000 --json",
     "genai eval --features inception --fail-if 'fid>30'   # exit 3 when the gate holds",
@@ -443,7 +323,7 @@ def evaluate(
             raise GateFailed(f"quality gate failed: {', '.join(failed)}")
 
 
-@app.command("export", cls=GenaiCommand, epilog=examples(
+@app.command("export", epilog=examples(
     "genai export --out generator.onnx                 # the newest run, checked against PyTorch",
     "genai export --checkpoint runs/cgan-mnist-002 --out g.pt2 --json",
     "genai export --format safetensors --out slim/ --dtype float16",
@@ -478,7 +358,7 @@ def export_command(
         console.emit_json(result) if json_out else console.info(export.export_summary_line(result))
 
 
-@app.command("info", cls=GenaiCommand, epilog=examples(
+@app.command("info", epilog=examples(
     "genai info                                        # runs/latest",
     "genai info runs/dcgan-fashion-mnist-001/model.safetensors --json",
     "genai info slim/",
@@ -498,7 +378,7 @@ def info_command(
         console.emit_json(summary) if json_out else console.emit_text(export.info_text(summary))
 
 
-@app.command("data", cls=GenaiCommand, epilog=examples(
+@app.command("data", epilog=examples(
     "genai data                                        # the registered datasets",
     "genai data fashion-mnist                          # where it is read from (downloads it when online)",
     "genai data cifar10 --split test --json",
