@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
 from conftest import tiny_train
 from PIL import Image
 from safetensors.torch import save_file
@@ -440,7 +441,7 @@ def test_shell_completion_offers_the_choices_without_importing_torch(line: str, 
     assert json.loads(proc.stderr.splitlines()[-1]) is False, "completion imported torch"
 
 
-COMMANDS = ("train", "sample", "eval", "export", "info", "data")
+COMMANDS = tuple(typer.main.get_command(app).commands)  # every command, also one added later
 
 
 @pytest.mark.parametrize("command", COMMANDS)
