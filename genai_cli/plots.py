@@ -56,8 +56,10 @@ def tick_label(value: float, step: float | None) -> str:
         return "0"
     if abs(value) >= 1e5 or abs(value) < 1e-3:
         return f"{value:.3g}"
-    decimals = 0 if step is None or step >= 1 else min(6, -math.floor(math.log10(step) + 1e-9))
-    return f"{value:.{decimals}f}" if step is not None else f"{value:g}"
+    if step is None:
+        return f"{value:g}"
+    decimals = len(f"{step:.6f}".rstrip("0").partition(".")[2])  # 0.25 -> 2, 2.5 -> 1, 200 -> 0
+    return f"{value:.{decimals}f}"
 
 
 def ema(values: list[float], weight: float) -> list[float]:
@@ -159,7 +161,7 @@ def loss_panels(rows: list[dict], keys: list[str]) -> list[str]:
                       Series(f"{key} (moving average {weight:.2f})", xs, ema(ys, weight), colour)]
         else:
             series = [Series(key, xs, ys, colour)]
-        panels.append(chart(series, key, "step", key))
+        panels.append(chart(series, key, "step", key, width=380))
     return panels
 
 

@@ -48,7 +48,7 @@ img { image-rendering: pixelated; display: block; }
 def write_report(run: str | None, out: str | None = None) -> dict[str, Any]:
     """Write the report of `run` (default runs/latest) to `out` (default RUN/report.html)."""
     model_path = rundir.resolve_model_path(run)
-    run_dir = model_path.parent
+    run_dir = rundir.real_run_dir(model_path.parent)  # runs/latest names the run it points at
     path = Path(out) if out else run_dir / REPORT_FILE
     if path.is_dir():
         path = path / REPORT_FILE

@@ -82,7 +82,7 @@ def test_run_directory_contents(bars_root: Path, tmp_path: Path) -> None:
                             out=str(tmp_path / "run"))
     run = Path(result.run_dir)
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000005.png", "step_000010.png"]
-    for name in ("model.safetensors", "training_state.safetensors", "config.json", "loss.png", "metrics.jsonl"):
+    for name in ("model.safetensors", "training_state.safetensors", "config.json", "loss.svg", "report.html", "metrics.jsonl"):
         assert (run / name).is_file(), name
     assert Path("runs/latest").resolve() == run.resolve()  # runs/ of the working directory
     saved = json.loads((run / "config.json").read_text())
