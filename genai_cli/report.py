@@ -57,14 +57,6 @@ def write_report(run: str | None, out: str | None = None) -> dict[str, Any]:
     return {"report": str(path), "run_dir": str(run_dir), "bytes": len(page.encode())}
 
 
-def write_after_training(run_dir: Path) -> None:
-    """Training's last word: a failed report must never fail or lose a run, so it is one warning."""
-    try:
-        write_report(str(run_dir))
-    except Exception as err:  # whatever went wrong, the checkpoint is already safe
-        console.warn(f"{REPORT_FILE} was not written ({type(err).__name__}: {err}); try `genai report {run_dir}`")
-
-
 # ---------------------------------------------------------------- the page
 
 

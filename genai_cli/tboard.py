@@ -27,14 +27,14 @@ def require() -> None:
 
 
 class Log:
-    """An event writer for one run; a resumed run drops the events past its checkpoint (`purge_step`),
-    as it drops those lines of metrics.jsonl, since those steps are redone."""
+    """An event writer for one run; a run resumed at step N makes TensorBoard drop the events past N
+    (`purge_step`), as it drops those lines of metrics.jsonl, since those steps are redone."""
 
-    def __init__(self, run_dir: Path, start_step: int = 0) -> None:
+    def __init__(self, run_dir: Path, resumed_at: int = 0) -> None:
         require()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step or None)
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=resumed_at + 1 if resumed_at else None)
 
     def __enter__(self) -> Log:
         return self

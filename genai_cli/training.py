@@ -605,9 +605,14 @@ def write_sample_grid(session: Session, z: torch.Tensor, labels: torch.Tensor | 
 
 
 def write_summaries(session: Session) -> None:
-    """loss.svg and report.html from what the run folder holds now; a report that fails only warns."""
-    write_loss_curve(session.run_dir, session.objective.loss_keys)
-    report.write_after_training(session.run_dir)
+    """loss.svg and report.html from what the run folder holds now. The checkpoint is already saved,
+    so nothing here may fail or lose the run: whatever goes wrong is one warning."""
+    try:
+        write_loss_curve(session.run_dir, session.objective.loss_keys)
+        report.write_report(str(session.run_dir))
+    except Exception as err:
+        console.warn(f"{rundir.LOSS_FILE} and {rundir.REPORT_FILE} were not all written ({type(err).__name__}: {err}); "
+                     f"the checkpoint is safe; try `genai report {session.run_dir}`")
 
 
 def write_loss_curve(run_dir: Path, loss_keys: tuple[str, ...]) -> None:

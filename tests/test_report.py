@@ -144,6 +144,20 @@ def test_a_vaes_reconstructions_are_labelled(runs: dict[str, Path]) -> None:
     assert "<title>kl</title>" in page and "<title>recon</title>" in page  # each term on its own panel and scale
 
 
+def test_reconstructions_are_whole_rows_of_originals_over_reconstructions(labelled_folder: Path, tmp_path: Path) -> None:
+    from genai_cli import training
+
+    flags = {"model.kind": "vae", "data.name": str(labelled_folder), "model.width": 8, "model.image_size": 16,
+             "train.batch_size": 4, "train.steps": 1}
+    run = Path(training.train(flags, out=str(tmp_path / "run")).run_dir)  # 10 images: one whole row of 8 each
+    with Image.open(run / "reconstructions.png") as image:
+        assert image.size == (8 * 18 + 2, 2 * 18 + 2)
+    page = (run / rundir.REPORT_FILE).read_text()
+    for caption in ("original", "reconstruction"):
+        source = re.search(rf"<img src='data:image/png;base64,([^']*)'[^>]*alt='{caption}'>", page).group(1)
+        assert Image.open(io.BytesIO(base64.b64decode(source))).size == (8 * 18 + 2, 18 + 2)
+
+
 def test_recorded_eval_results_are_a_table_and_fid_over_steps(runs: dict[str, Path], tmp_path: Path) -> None:
     run = copy_run(runs["pix2pix"], tmp_path)
     result = invoke("eval", "--checkpoint", str(run), "--n", "4", "--metrics", "paired",
@@ -186,7 +200,7 @@ def test_a_failing_report_never_fails_a_run(idx_root: Path, monkeypatch: pytest.
     result = invoke("train", "--data", "fashion-mnist", "--data-dir", str(idx_root), "--width", "8", "--image-size", "16",
                     "--batch-size", "8", "--steps", "2", "--out", "run", "--json")
     assert result.exit_code == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "report.html was not written" in line]
+    warnings = [line for line in result.stderr.splitlines() if "report.html were not all written" in line]
     assert len(warnings) == 1 and "no fonts today" in warnings[0] and "genai report run" in warnings[0]
     assert (Path("run") / "model.safetensors").is_file() and not (Path("run") / rundir.REPORT_FILE).exists()
 
@@ -271,6 +285,22 @@ def test_tensorboard_events_hold_scalars_grids_and_eval_results(tiny_data_root: 
     assert [e.step for e in events.Scalars("loss/loss_g")] == [2, 4]
     assert [e.step for e in events.Images("samples")] == [2, 4, 4]  # every --sample-every step, and the end
     assert events.Scalars("eval/fid")[0].value == 123.0
+
+
+def test_a_resumed_run_replaces_the_events_past_its_checkpoint(tiny_data_root: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from genai_cli import training
+
+    flags = {"model.kind": "dcgan", "data.name": "fashion-mnist", "data.data_dir": str(tiny_data_root), "model.width": 8,
+             "model.image_size": 16, "train.batch_size": 8, "train.steps": 2, "train.log_every": 1}
+    run = Path(training.train(flags, out=str(tmp_path / "run"), tensorboard=True).run_dir)
+    tboard.record_eval(run, 2, {"fid": 99.0})  # an eval of the step-2 checkpoint
+    training.train({"train.steps": 4}, resume=str(run), tensorboard=True)
+    events = EventAccumulator(str(run / tboard.TENSORBOARD_DIR))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/loss_g")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("eval/fid")] == [2]
 
 
 def test_tensorboard_without_the_extra_is_one_line_before_any_work(idx_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -254,6 +254,7 @@ def test_signal_saves_a_checkpoint_and_exits_with_its_code(bars_root: Path, tmp_
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert "--resume" in err.decode() and "Traceback" not in err.decode()
+    assert (run / "loss.svg").is_file() and (run / "report.html").is_file()  # the stopped run is summarised too
     step = ckpt.load_training_state(run).checkpoint.step
     assert step >= 1
     resumed = training.train({"train.steps": step + 2}, resume=str(run))
