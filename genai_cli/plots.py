@@ -18,6 +18,7 @@ LOG_RATIO = 100.0  # positive values whose max/min reach this are drawn on a log
 FONT = "font-family='system-ui, sans-serif' font-size='11'"
 LEFT, RIGHT, TOP, BOTTOM = 62, 14, 26, 40  # margins around the plot area: tick labels, title, x label
 LEGEND_ROW = 16
+CHAR_WIDTH = 6.5  # px of an 11 px sans-serif character, generously: legend entries are laid out by it
 
 
 @dataclass
@@ -92,10 +93,8 @@ def chart(series: list[Series], title: str, x_label: str, y_label: str, width: i
           log_y: bool | None = None) -> str:
     """One SVG chart; `log_y` None picks a log axis when positive values span LOG_RATIO or more."""
     finite = [(x, y) for s in series for x, y in zip(s.xs, s.ys) if math.isfinite(x) and math.isfinite(y)]
-    legend = [s for s in series if s.name]
-    per_row = max(1, (width - LEFT) // 150)
-    legend_rows = math.ceil(len(legend) / per_row)
-    total_height = height + legend_rows * LEGEND_ROW + 6
+    legend = legend_layout([s for s in series if s.name], LEFT, width - RIGHT)
+    total_height = height + 6 + (max((row for *_, row in legend), default=-1) + 1) * LEGEND_ROW
     parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{total_height}' "
              f"viewBox='0 0 {width} {total_height}' role='img' {FONT}>",
              f"<title>{escape(title)}</title><rect width='100%' height='100%' fill='white'/>",
@@ -138,12 +137,24 @@ def chart(series: list[Series], title: str, x_label: str, y_label: str, width: i
                          f"stroke-width='{1 if s.faint else 1.8}' stroke-linejoin='round'/>")
         if s.points or len(pts) == 1:
             parts += [f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{s.colour}' fill-opacity='{opacity}'/>" for x, y in pts]
-    for i, s in enumerate(legend):  # below the x label: outside the plot area, so it covers no data
-        lx, ly = x0 + (i % per_row) * 150, height + 10 + (i // per_row) * LEGEND_ROW
+    for s, lx, row in legend:  # below the x label: outside the plot area, so it covers no data
+        ly = height + 10 + row * LEGEND_ROW
         parts.append(f"<rect x='{lx}' y='{ly - 8}' width='14' height='{3 if not s.points else 8}' fill='{s.colour}' "
                      f"fill-opacity='{0.35 if s.faint else 1}'/><text x='{lx + 19}' y='{ly}'>{escape(s.name)}</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+def legend_layout(series: list[Series], left: float, right: float) -> list[tuple[Series, float, int]]:
+    """(series, x, row) of each legend entry: side by side, wrapping to a new row where one would not fit."""
+    out, x, row = [], left, 0
+    for s in series:
+        width = 19 + CHAR_WIDTH * len(s.name) + 14
+        if x > left and x + width > right:
+            x, row = left, row + 1
+        out.append((s, x, row))
+        x += width
+    return out
 
 
 def loss_panels(rows: list[dict], keys: list[str]) -> list[str]:

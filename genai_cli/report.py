@@ -126,7 +126,7 @@ def overview(config: Config, metadata: dict[str, str], log: list[dict[str, Any]]
          + (f", pairs {data.pairs} {data.direction}" if data.pairs else "")],
         ["device", metadata.get("genai.device", "?")],
         ["steps", f"{metadata.get('genai.step', '?')} (epoch {metadata.get('genai.epoch', '?')}), batch {config.train.batch_size}"],
-        ["training time", f"{seconds:.1f} s ({seconds / 60:.1f} min), {rate:.0f} images/s" if seconds else "not logged"],
+        ["wall time", f"{seconds:.1f} s ({seconds / 60:.1f} min), {rate:.0f} images/s" if seconds else "not logged"],
     ]
     if log:
         last = log[-1]

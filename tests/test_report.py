@@ -40,6 +40,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_data_root: Path, tiny_ru
     return {"dcgan": tiny_runs["dcgan"], "pix2pix": tiny_runs["pix2pix"], **own}
 
 
+def tiny_flags(root: Path, kind: str, **extra: object) -> dict:
+    return {"model.kind": kind, "data.name": "fashion-mnist", "data.data_dir": str(root), "model.width": 8,
+            "model.image_size": 16, "train.batch_size": 8, **extra}
+
+
+def train_args(root: Path, *more: str) -> list[str]:
+    """`genai train` of a tiny DCGAN into ./run, for one step unless `more` says otherwise."""
+    return ["train", "--data", "fashion-mnist", "--data-dir", str(root), "--width", "8", "--image-size", "16",
+            "--batch-size", "8", "--steps", "1", "--out", "run", *more]
+
+
 def copy_run(run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run, tmp_path / run.name))
 
@@ -112,6 +123,12 @@ def test_loss_panels_come_from_the_objective(name: str) -> None:
 # ---------------------------------------------------------------- the page
 
 
+def test_wall_time_and_speed_add_up_the_logged_windows() -> None:
+    log = [{"step": 10, "images_per_sec": 100.0}, {"step": 20, "images_per_sec": 50.0}]  # 100 images each, batch 10
+    seconds, rate = report.training_time(log, batch_size=10)
+    assert seconds == pytest.approx(3.0) and rate == pytest.approx(200 / 3)
+
+
 @pytest.mark.parametrize("kind", ["dcgan", "cgan", "vae", "pix2pix"])
 def test_training_writes_a_self_contained_report(runs: dict[str, Path], kind: str) -> None:
     run = runs[kind]
@@ -127,7 +144,7 @@ def test_training_writes_a_self_contained_report(runs: dict[str, Path], kind: st
     grids = sorted((run / "samples").glob("step_*.png"))
     assert all(f"step {int(g.stem[5:])}</figcaption>" in page for g in grids)
     assert ("Interpolation" in page) == (kind != "pix2pix")  # pix2pix draws no latent
-    assert "images/s" in page and "training time" in page and "device" in page
+    assert "images/s" in page and "wall time" in page and "device" in page
 
 
 def test_a_conditional_models_rows_carry_their_class_names(runs: dict[str, Path]) -> None:
@@ -147,8 +164,8 @@ def test_a_vaes_reconstructions_are_labelled(runs: dict[str, Path]) -> None:
 def test_reconstructions_are_whole_rows_of_originals_over_reconstructions(labelled_folder: Path, tmp_path: Path) -> None:
     from genai_cli import training
 
-    flags = {"model.kind": "vae", "data.name": str(labelled_folder), "model.width": 8, "model.image_size": 16,
-             "train.batch_size": 4, "train.steps": 1}
+    flags = tiny_flags(labelled_folder, "vae", **{"data.name": str(labelled_folder), "data.data_dir": None,
+                                                  "train.batch_size": 4, "train.steps": 1})
     run = Path(training.train(flags, out=str(tmp_path / "run")).run_dir)  # 10 images: one whole row of 8 each
     with Image.open(run / "reconstructions.png") as image:
         assert image.size == (8 * 18 + 2, 2 * 18 + 2)
@@ -197,8 +214,7 @@ def test_a_failing_report_never_fails_a_run(idx_root: Path, monkeypatch: pytest.
         raise RuntimeError("no fonts today")
 
     monkeypatch.setattr(report, "render", broken)
-    result = invoke("train", "--data", "fashion-mnist", "--data-dir", str(idx_root), "--width", "8", "--image-size", "16",
-                    "--batch-size", "8", "--steps", "2", "--out", "run", "--json")
+    result = invoke(*train_args(idx_root, "--steps", "2", "--json"))
     assert result.exit_code == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "report.html were not all written" in line]
     assert len(warnings) == 1 and "no fonts today" in warnings[0] and "genai report run" in warnings[0]
@@ -274,8 +290,7 @@ def test_tensorboard_events_hold_scalars_grids_and_eval_results(tiny_data_root: 
 
     from genai_cli import training
 
-    flags = {"model.kind": "cgan", "data.name": "fashion-mnist", "data.data_dir": str(tiny_data_root), "model.width": 8,
-             "model.image_size": 16, "train.batch_size": 8, "train.steps": 4, "train.log_every": 2, "train.sample_every": 2}
+    flags = tiny_flags(tiny_data_root, "cgan", **{"train.steps": 4, "train.log_every": 2, "train.sample_every": 2})
     run = Path(training.train(flags, out=str(tmp_path / "run"), tensorboard=True).run_dir)
     tboard.record_eval(run, 4, {"fid": 123.0, "acc_per_class": [0.1, 0.2]})
     events = EventAccumulator(str(run / tboard.TENSORBOARD_DIR))
@@ -292,8 +307,7 @@ def test_a_resumed_run_replaces_the_events_past_its_checkpoint(tiny_data_root: P
 
     from genai_cli import training
 
-    flags = {"model.kind": "dcgan", "data.name": "fashion-mnist", "data.data_dir": str(tiny_data_root), "model.width": 8,
-             "model.image_size": 16, "train.batch_size": 8, "train.steps": 2, "train.log_every": 1}
+    flags = tiny_flags(tiny_data_root, "dcgan", **{"train.steps": 2, "train.log_every": 1})
     run = Path(training.train(flags, out=str(tmp_path / "run"), tensorboard=True).run_dir)
     tboard.record_eval(run, 2, {"fid": 99.0})  # an eval of the step-2 checkpoint
     training.train({"train.steps": 4}, resume=str(run), tensorboard=True)
@@ -306,15 +320,13 @@ def test_a_resumed_run_replaces_the_events_past_its_checkpoint(tiny_data_root: P
 def test_tensorboard_without_the_extra_is_one_line_before_any_work(idx_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = tboard.importlib.util.find_spec
     monkeypatch.setattr(tboard.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
-    result = invoke("train", "--data", "fashion-mnist", "--data-dir", str(idx_root), "--steps", "1", "--out", "run",
-                    "--tensorboard")
+    result = invoke(*train_args(idx_root, "--tensorboard"))
     assert result.exit_code == 2 and result.stderr.count("error:") == 1, result.stderr
     assert "pip install 'genai-cli[tensorboard]'" in result.stderr and not Path("run").exists()
 
 
 def test_force_replaces_tensorboard_events_but_not_the_users_files(idx_root: Path) -> None:
-    args = ["train", "--data", "fashion-mnist", "--data-dir", str(idx_root), "--width", "8", "--image-size", "16",
-            "--batch-size", "8", "--steps", "1", "--out", "run", "--tensorboard"]
+    args = train_args(idx_root, "--tensorboard")
     assert invoke(*args).exit_code == 0
     old = {p.name for p in Path("run/tensorboard").iterdir()}
     Path("run/tensorboard/notes.txt").write_text("mine")
