@@ -18,6 +18,7 @@ LOG_RATIO = 100.0  # positive values whose max/min reach this are drawn on a log
 FONT = "font-family='system-ui, sans-serif' font-size='11'"
 LEFT, RIGHT, TOP, BOTTOM = 62, 14, 26, 40  # margins around the plot area: tick labels, title, x label
 LEGEND_ROW = 16
+MAX_POINTS = 800  # per drawn line: more than a chart's width in pixels adds bytes, not detail
 CHAR_WIDTH = 6.5  # px of an 11 px sans-serif character, generously: legend entries are laid out by it
 
 
@@ -167,9 +168,10 @@ def loss_panels(rows: list[dict], keys: list[str]) -> list[str]:
         xs, ys = [float(p[0]) for p in points], [float(p[1]) for p in points]
         colour = PALETTE[i % len(PALETTE)]
         weight = smoothing_weight(len(ys))
+        stride = math.ceil(len(xs) / MAX_POINTS) or 1  # thinned after smoothing, so the average still sees every value
         if weight:
-            series = [Series(f"{key} (raw)", xs, ys, colour, faint=True),
-                      Series(f"{key} (moving average {weight:.2f})", xs, ema(ys, weight), colour)]
+            series = [Series(f"{key} (raw)", xs[::stride], ys[::stride], colour, faint=True),
+                      Series(f"{key} (moving average {weight:.2f})", xs[::stride], ema(ys, weight)[::stride], colour)]
         else:
             series = [Series(key, xs, ys, colour)]
         panels.append(chart(series, key, "step", key, width=380))

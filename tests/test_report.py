@@ -108,6 +108,12 @@ def test_a_series_spanning_orders_of_magnitude_gets_a_log_axis() -> None:
     assert "kl (log scale)" in kl and "log scale" not in recon
 
 
+def test_a_long_run_draws_a_bounded_number_of_points() -> None:
+    rows = [{"step": s, "loss": 1.0 + (s % 7)} for s in range(1, 20001)]
+    polylines = ElementTree.fromstring(plots.loss_panels(rows, ["loss"])[0]).findall(f"{SVG}polyline")
+    assert len(polylines) == 2 and all(len(p.get("points").split()) <= plots.MAX_POINTS for p in polylines)
+
+
 @pytest.mark.parametrize("name", OBJECTIVES.names())
 def test_loss_panels_come_from_the_objective(name: str) -> None:
     """One panel per loss the objective declares: the report never keeps its own list of loss names."""
