@@ -280,6 +280,21 @@ def test_the_report_opens_in_chromium_without_errors(runs: dict[str, Path], kind
     assert seen["svgs"] == page.count("<svg ")
 
 
+def test_class_names_are_text_not_markup(tmp_path: Path) -> None:
+    """A class is a folder name, and a folder may be called anything: the page shows it, never runs it."""
+    from conftest import make_image_folder
+
+    from genai_cli import training
+
+    folder = make_image_folder(tmp_path / "data", classes=("<img src=x onerror=alert(1)>", "a&b"), n_per_class=4, size=16)
+    flags = tiny_flags(folder, "cgan", **{"data.name": str(folder), "data.data_dir": None, "train.batch_size": 4,
+                                          "train.steps": 1})
+    page = (Path(training.train(flags, out=str(tmp_path / "run")).run_dir) / rundir.REPORT_FILE).read_text()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;</span>" in page and "a&amp;b</span>" in page
+    seen = open_in_browser(page, tmp_path)
+    assert seen["errors"] == [] and all(w > 0 for w in seen["widths"])
+
+
 def test_the_browser_probe_sees_broken_pages(tmp_path: Path) -> None:
     """The check above can fail: a broken image and a script error are both reported."""
     page = ("<!DOCTYPE html><html><head><title>x</title></head><body><img src='data:image/png;base64,AAAA'>"
