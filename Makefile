@@ -30,7 +30,7 @@ data: setup
 demo: data
 	$(GENAI) train --model dcgan --data fashion-mnist --max-time 60s --sample-every 200
 	$(GENAI) sample --n 64 --out demo.png --force
-	@echo "wrote demo.png (samples) and runs/latest/ (checkpoint, grids, metrics.jsonl, loss.png)"
+	@echo "wrote demo.png (samples) and runs/latest/ (checkpoint, grids, metrics.jsonl, loss.svg, report.html)"
 
 test: setup
 	$(BIN)/python -m pytest

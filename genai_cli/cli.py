@@ -181,6 +181,7 @@ def train(
     nnodes: Annotated[str, typer.Option(metavar="N|MIN:MAX", help="Machines (or MIN:MAX) for torchrun; above 1 needs --rdzv-endpoint.")] = "1",
     rdzv_endpoint: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="HOST:PORT where the machines of a multi-node run meet. \\[default: a free local port]")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write losses, images/s, learning rates and sample grids as TensorBoard events in RUN/tensorboard/ (needs genai-cli[tensorboard]).")] = False,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -198,8 +199,10 @@ def train(
     with reporting_errors(quiet, debug):
         check_paths({"--out": out, "--resume": resume, "--data": data, "--data-dir": data_dir})
         seconds = parse_duration(max_time) if max_time is not None else None
-        from genai_cli import training
+        from genai_cli import tboard, training
 
+        if tensorboard:
+            tboard.require()  # before any work, also before torchrun starts
         if (nproc_per_node is not None or rdzv_endpoint or nnodes != "1") and "WORLD_SIZE" not in os.environ:
             from genai_cli import distributed
 
@@ -212,7 +215,7 @@ def train(
             return
         from genai_cli.distributed import current_world
 
-        result = training.train(flags, out=out, resume=resume, force=force, max_time=seconds)
+        result = training.train(flags, out=out, resume=resume, force=force, max_time=seconds, tensorboard=tensorboard)
         if not current_world().is_main:  # under torchrun, rank 0 alone reports
             return
         if json_out:
@@ -376,6 +379,27 @@ def info_command(
 
         summary = export.describe(path)
         console.emit_json(summary) if json_out else console.emit_text(export.info_text(summary))
+
+
+@app.command("report", epilog=examples(
+    "genai report                                      # runs/latest/report.html: open it in a browser",
+    "genai report runs/dcgan-fashion-mnist-001 --out dcgan.html",
+    "genai report --json                               # {report, run_dir, bytes}",
+))
+def report_command(
+    run: Annotated[Optional[str], typer.Argument(metavar="RUN", help="Run directory or its model.safetensors. \\[default: runs/latest]")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="FILE", help="The HTML file to write. \\[default: RUN/report.html]")] = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write one self-contained HTML page about a run: config, speed, sample grids, losses, eval results, interpolation."""
+    with reporting_errors(quiet, debug):
+        check_paths({"RUN": run, "--out": out})
+        from genai_cli import report
+
+        result = report.write_report(run, out)
+        console.emit_json(result) if json_out else console.emit_text(result["report"])
 
 
 @app.command("data", epilog=examples(

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from genai_cli import checkpoint as ckpt
-from genai_cli import console, metrics, pairs, resources, rundir, sampling
+from genai_cli import console, metrics, pairs, resources, rundir, sampling, tboard
 from genai_cli import features as feats
 from genai_cli.config import Bound, check_range
 from genai_cli.console import json_safe
@@ -203,6 +203,7 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     if loaded is not None:
         try:
             append_line(loaded.path.parent / rundir.METRICS_FILE, json.dumps(json_safe({"step": loaded.step, "eval": result})))
+            tboard.record_eval(loaded.path.parent, loaded.step, results)
         except GenaiError as err:  # the numbers are still worth printing
             console.warn(f"the result is not recorded in the run: {err}")
     return result

@@ -1,7 +1,4 @@
-"""Pictures out: uint8 conversion, grids, PNG bytes and the training loss curve.
-
-The loss curve is drawn with PIL alone: a plot of a few lines does not justify matplotlib.
-"""
+"""Pictures out: uint8 conversion, grids and PNG bytes (charts are SVG, in `plots`)."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 GRID_PADDING = 2
 
@@ -59,42 +56,3 @@ def gif_bytes(images: torch.Tensor, frame_ms: int) -> bytes:
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
     return buffer.getvalue()
 
-
-CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
-
-
-def loss_curve_png(rows: list[dict[str, float]], keys: list[str], size: tuple[int, int] = (800, 400)) -> bytes:
-    """Line plot of `keys` against `step` with axis labels and a legend."""
-    width, height = size
-    left, right, top, bottom = 60, 20, 20, 40
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    steps = [r["step"] for r in rows]
-    values = [r[k] for r in rows for k in keys if k in r and math.isfinite(r[k])]
-    if not steps or not values:
-        return png_bytes(np.asarray(image))
-    x0, x1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
-    y0, y1 = min(values), max(values) if max(values) > min(values) else min(values) + 1
-
-    def point(step: float, value: float) -> tuple[float, float]:
-        x = left + (step - x0) / (x1 - x0) * (width - left - right)
-        y = height - bottom - (value - y0) / (y1 - y0) * (height - top - bottom)
-        return x, y
-
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for frac in (0.0, 0.5, 1.0):
-        value = y0 + frac * (y1 - y0)
-        _, y = point(x0, value)
-        draw.text((4, y - 6), f"{value:.3g}", fill="black")
-        step = x0 + frac * (x1 - x0)
-        x, _ = point(step, y0)
-        draw.text((x - 12, height - bottom + 6), f"{step:.0f}", fill="black")
-    draw.text((width // 2 - 12, height - 16), "step", fill="black")
-    for i, key in enumerate(keys):
-        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
-        line = [point(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
-        if len(line) > 1:
-            draw.line(line, fill=colour, width=2)
-        draw.rectangle([left + 10, top + 8 + 16 * i, left + 22, top + 18 + 16 * i], fill=colour)
-        draw.text((left + 28, top + 6 + 16 * i), key, fill="black")
-    return png_bytes(np.asarray(image))

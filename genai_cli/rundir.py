@@ -33,8 +33,15 @@ RUNS_DIR = Path("runs")  # new runs and the `latest` link, relative to the worki
 LATEST = "latest"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
-OWNED_FILES = (ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE, METRICS_FILE, "loss.png", "reconstructions.png")
+LOSS_FILE = "loss.svg"
+REPORT_FILE = "report.html"
+# loss.png: what genai before loss.svg drew, still genai's to replace in an old run.
+OWNED_FILES = (ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE, METRICS_FILE, LOSS_FILE, "loss.png", "reconstructions.png",
+               REPORT_FILE)
 SAMPLE_GRID = re.compile(r"step_\d{6,}\.png")  # what training writes into samples/
+TENSORBOARD_DIR = "tensorboard"  # --tensorboard's event files
+# Folders genai writes into, and the names of its files there; anything else in them is the user's.
+OWNED_IN_FOLDERS = {SAMPLES_DIR: SAMPLE_GRID, TENSORBOARD_DIR: re.compile(r"events\.out\.tfevents\..+")}
 STALE_TEMPORARY = re.compile(rf"\..+\.[A-Za-z0-9_]+{re.escape(TEMP_SUFFIX)}")  # atomic_write's staging names
 
 
@@ -134,8 +141,8 @@ def foreign_entries(run_dir: Path) -> list[Path]:
     """What is in `run_dir` that genai did not write: the user's, and never replaced."""
     foreign = []
     for entry in sorted(run_dir.iterdir()):
-        if entry.name == SAMPLES_DIR and entry.is_dir() and not entry.is_symlink():
-            foreign += [f for f in sorted(entry.iterdir()) if not (SAMPLE_GRID.fullmatch(f.name) or is_owned(f))]
+        if (owned := OWNED_IN_FOLDERS.get(entry.name)) and entry.is_dir() and not entry.is_symlink():
+            foreign += [f for f in sorted(entry.iterdir()) if not (owned.fullmatch(f.name) or is_owned(f))]
         elif not is_owned(entry) or entry.is_dir():
             foreign.append(entry)
     return foreign
@@ -160,11 +167,12 @@ def remove_owned(run_dir: Path) -> None:
     for name in OWNED_FILES:
         (run_dir / name).unlink(missing_ok=True)
     remove_stale_temporaries(run_dir)
-    samples = run_dir / SAMPLES_DIR
-    if samples.is_dir() and not samples.is_symlink():
-        for grid in samples.iterdir():
-            if SAMPLE_GRID.fullmatch(grid.name):
-                grid.unlink(missing_ok=True)
+    for name, owned in OWNED_IN_FOLDERS.items():
+        folder = run_dir / name
+        if folder.is_dir() and not folder.is_symlink():
+            for path in folder.iterdir():
+                if owned.fullmatch(path.name):
+                    path.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
@@ -198,7 +206,8 @@ def check_replaceable(run_dir: Path, force: bool) -> None:
                              "(genai then replaces only its own file names)")
         if present:
             console.warn(f"--force: writing a run into {run_dir}, which holds files genai did not write; only "
-                         f"genai's own file names are replaced ({', '.join(OWNED_FILES)}, {SAMPLES_DIR}/step_*.png)")
+                         f"genai's own file names are replaced ({', '.join(OWNED_FILES)}, {SAMPLES_DIR}/step_*.png, "
+                         f"{TENSORBOARD_DIR}/events.out.tfevents.*)")
     remove_owned(run_dir)
 
 

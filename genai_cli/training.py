@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from genai_cli import __version__, console, distributed, pairs, resources, rundir, sampling
+from genai_cli import __version__, console, distributed, pairs, plots, report, resources, rundir, sampling, tboard
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
 from genai_cli.config import Config, validate_model, validate_train
@@ -226,6 +226,7 @@ class Session:
     out_of_time: bool = False
     budgeted: bool = False  # --max-time alone: the length is planned from the first steps' speed
     budget_timer: float = 0.0  # time.monotonic() at step BUDGET_WARMUP
+    tensorboard: tboard.Log | None = None  # --tensorboard, on rank 0
     collapse: CollapseWatch | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -390,14 +391,16 @@ def match_layouts(optimizer: torch.optim.Optimizer) -> None:
 
 
 def train(flags: dict[str, Any], out: str | None = None, resume: str | None = None, force: bool = False,
-          max_time: float | None = None) -> TrainResult:
+          max_time: float | None = None, tensorboard: bool = False) -> TrainResult:
     """Train from CLI-style flags ('section.field' -> value; None means not given).
 
     `force` replaces an existing run in `out`; `max_time` (seconds) ends training cleanly,
-    with a checkpoint, once that much time has passed. Under torchrun every process calls
-    this; rank 0 alone logs and writes files.
+    with a checkpoint, once that much time has passed; `tensorboard` also writes TensorBoard
+    events into the run. Under torchrun every process calls this; rank 0 alone logs and writes files.
     """
     deadline = time.monotonic() + max_time if max_time is not None else None
+    if tensorboard:
+        tboard.require()
     if out and resume:
         raise UsageError("--out and --resume both name the run directory; give only --resume")
     budgeted = max_time is not None and not resume and flags.get("train.steps") is None and flags.get("train.epochs") is None
@@ -410,6 +413,8 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
         with ExitStack() as holds:
             session = start_session(plan_run(flags, resume, world, max_time if budgeted else None), out, resume, force, holds)
             session.deadline, session.budgeted = deadline, budgeted
+            if tensorboard and world.is_main:
+                session.tensorboard = holds.enter_context(tboard.Log(session.run_dir, session.step))
             result = train_session(session, resumed=bool(resume))
         distributed.finish(world)
         return result
@@ -431,8 +436,13 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
     fixed_z, fixed_labels, per_row = fixed_sample_inputs(session)
     started = time.perf_counter()
     start_step = session.step
-    with StopRequest() as stop, console.step_progress(session.total_steps, session.step) as progress:
-        final_losses = run_steps(session, stop, progress, fixed_z, fixed_labels, per_row)
+    try:
+        with StopRequest() as stop, console.step_progress(session.total_steps, session.step) as progress:
+            final_losses = run_steps(session, stop, progress, fixed_z, fixed_labels, per_row)
+    except Interrupted:  # its checkpoint is saved: summarise what the run holds, then stop
+        if main:
+            write_summaries(session)
+        raise
     seconds = time.perf_counter() - started
     session.objective.finish(session.source)
     model_path = session.save()
@@ -440,7 +450,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
         write_sample_grid(session, fixed_z, fixed_labels, per_row)
         for name, png in session.objective.extra_pictures(session.source, cfg.train.seed).items():
             atomic_write(run_dir / name, png)
-        write_loss_curve(run_dir, session.objective.loss_keys)
+        write_summaries(session)
     done = session.step - start_step
     return TrainResult(
         run_dir=str(run_dir), checkpoint=str(model_path), step=session.step,
@@ -555,6 +565,10 @@ def log_window(session: Session, progress: console.StepProgress, sums: dict[str,
     }
     if session.world.is_main:
         append_line(session.run_dir / rundir.METRICS_FILE, json.dumps(row))
+    if session.tensorboard:
+        lrs = {f"lr/{name}": opt.param_groups[0]["lr"] for name, opt in session.objective.optimizers.items()}
+        session.tensorboard.scalars(session.step, {**{f"loss/{k}": v for k, v in losses.items()},
+                                                   "images_per_sec": row["images_per_sec"], **lrs})
     progress.report(session.step, {k: v for k, v in row.items() if k not in ("time", "step")})
     return losses
 
@@ -582,15 +596,27 @@ def write_sample_grid(session: Session, z: torch.Tensor, labels: torch.Tensor | 
     path = session.run_dir / "samples" / f"step_{session.step:06d}.png"
     if model.translates:  # rows of input | output | target
         outputs = sampling.generate(model, z, None, session.device)
-        atomic_write(path, imgs.png_bytes(sampling.translation_grid(imgs.to_uint8(z.cpu()), outputs, labels)))
-        return
-    images = sampling.generate(model, z, labels, session.device)
-    atomic_write(path, imgs.png_bytes(imgs.grid(images, per_row)))
+        pixels = sampling.translation_grid(imgs.to_uint8(z.cpu()), outputs, labels)
+    else:
+        pixels = imgs.grid(sampling.generate(model, z, labels, session.device), per_row)
+    atomic_write(path, imgs.png_bytes(pixels))
+    if session.tensorboard:
+        session.tensorboard.grid(session.step, pixels)
+
+
+def write_summaries(session: Session) -> None:
+    """loss.svg and report.html from what the run folder holds now. The checkpoint is already saved,
+    so nothing here may fail or lose the run: whatever goes wrong is one warning."""
+    try:
+        write_loss_curve(session.run_dir, session.objective.loss_keys)
+        report.write_report(str(session.run_dir))
+    except Exception as err:
+        console.warn(f"{rundir.LOSS_FILE} and {rundir.REPORT_FILE} were not all written ({type(err).__name__}: {err}); "
+                     f"the checkpoint is safe; try `genai report {session.run_dir}`")
 
 
 def write_loss_curve(run_dir: Path, loss_keys: tuple[str, ...]) -> None:
-    """loss.png: the objective's losses over the run, as metrics.jsonl logged them."""
-    rows = rundir.read_metrics(run_dir / rundir.METRICS_FILE)
-    keys = [k for k in loss_keys if rows and k in rows[-1]]
-    if rows and keys:
-        atomic_write(run_dir / "loss.png", imgs.loss_curve_png(rows, keys))
+    """loss.svg: one panel per loss of the objective over the run, as metrics.jsonl logged them."""
+    rows = [r for r in rundir.read_metrics(run_dir / rundir.METRICS_FILE) if "eval" not in r]
+    if keys := [k for k in loss_keys if any(k in r for r in rows)]:
+        atomic_write(run_dir / rundir.LOSS_FILE, plots.side_by_side(plots.loss_panels(rows, keys)).encode())

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -521,7 +522,7 @@ def test_train_run_directories_latest_and_default_sampling(idx_root: Path, tmp_p
 
     # the run directory's contents
     for run in (run1, run2):
-        assert {"config.json", ck.MODEL_FILE, ck.STATE_FILE, "metrics.jsonl", "samples", "loss.png"} <= set(os.listdir(run))
+        assert {"config.json", ck.MODEL_FILE, ck.STATE_FILE, "metrics.jsonl", "samples", "loss.svg", "report.html"} <= set(os.listdir(run))
     stored = Config.from_json((run2 / "config.json").read_text())
     _, loaded = ck.load_model(str(run2), torch.device("cpu"))
     assert stored == loaded.config and loaded.step == 3
@@ -533,9 +534,10 @@ def test_train_run_directories_latest_and_default_sampling(idx_root: Path, tmp_p
         assert math.isfinite(row["loss_d"]) and math.isfinite(row["loss_g"])
     grids = sorted((run2 / "samples").glob("step_*.png"))
     assert [g.name for g in grids] == ["step_000003.png"]
-    for png in (*grids, run2 / "loss.png"):
+    for png in grids:
         with Image.open(png) as image:
             image.verify()
+    ElementTree.fromstring((run2 / "loss.svg").read_text())  # well-formed SVG
 
     # `genai sample` without --checkpoint samples the newest run
     result = invoke("sample", "--json", "--n", "4", "--out", "latest.npz")

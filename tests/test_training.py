@@ -82,7 +82,7 @@ def test_run_directory_contents(bars_root: Path, tmp_path: Path) -> None:
                             out=str(tmp_path / "run"))
     run = Path(result.run_dir)
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000005.png", "step_000010.png"]
-    for name in ("model.safetensors", "training_state.safetensors", "config.json", "loss.png", "metrics.jsonl"):
+    for name in ("model.safetensors", "training_state.safetensors", "config.json", "loss.svg", "report.html", "metrics.jsonl"):
         assert (run / name).is_file(), name
     assert Path("runs/latest").resolve() == run.resolve()  # runs/ of the working directory
     saved = json.loads((run / "config.json").read_text())
@@ -254,6 +254,7 @@ def test_signal_saves_a_checkpoint_and_exits_with_its_code(bars_root: Path, tmp_
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert "--resume" in err.decode() and "Traceback" not in err.decode()
+    assert (run / "loss.svg").is_file() and (run / "report.html").is_file()  # the stopped run is summarised too
     step = ckpt.load_training_state(run).checkpoint.step
     assert step >= 1
     resumed = training.train({"train.steps": step + 2}, resume=str(run))

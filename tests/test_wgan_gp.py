@@ -32,7 +32,7 @@ def test_wgan_gp_trains_with_the_papers_defaults(bars_root: Path, tmp_path: Path
         assert all(torch.isfinite(torch.tensor(row[k])) for k in ("loss_d", "loss_g", "wasserstein", "gradient_penalty"))
     train = json.loads((Path(run.run_dir) / "config.json").read_text())["train"]
     assert (train["gan_loss"], train["lr"], train["beta1"], train["beta2"]) == ("wgan-gp", 1e-4, 0.0, 0.9)
-    assert (Path(run.run_dir) / "loss.png").is_file()
+    assert (Path(run.run_dir) / "loss.svg").is_file()
 
 
 @pytest.mark.parametrize("kind,extra", [("gan", {}), ("cgan", {"model.norm": "none"})])

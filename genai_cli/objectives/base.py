@@ -43,7 +43,7 @@ class Objective(Protocol):
     optimizers: dict[str, torch.optim.Optimizer]  # saved and restored under these names
     base_lrs: dict[str, float]  # per optimiser; the loop scales them by the schedule before every step
     ema: EMA | None  # the moving average users sample, checkpointed with the run
-    loss_keys: tuple[str, ...]  # the losses loss.png plots, in this order
+    loss_keys: tuple[str, ...]  # the losses loss.svg and the report plot, in this order
     health: Health | None  # the loss that says training has stopped learning, if there is one
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses: ...
@@ -74,6 +74,11 @@ class ObjectiveSpec:
     lr: float | None = None  # the paper's learning rate, where it differs from the family's
     beta1: float | None = None  # the paper's Adam betas, likewise (beta2 has no flag)
     beta2: float | None = None
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        """The losses its objective logs and plots, known before any model exists (a report reads a finished run)."""
+        return getattr(self.build, "loss_keys", ())
 
 
 def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:

@@ -66,8 +66,11 @@ class ELBOObjective:
         prior.fit(means, variances)
 
     def extra_pictures(self, source: ImageSource, seed: int, rows: int = 4, per_row: int = 8) -> dict[str, bytes]:
-        """reconstructions.png: the first images of the first batch on top, their reconstructions below."""
+        """reconstructions.png: the first images of the first batch on top, their reconstructions below,
+        in whole rows each (the report shows the two halves apart)."""
         count = min(rows * per_row, len(source))
+        count -= count % min(per_row, count)
+        per_row = min(per_row, count)
         images, labels = next(source.epoch_batches(0, count, seed, torch.device("cpu")))
         recon = reconstruct(self.model, images, labels, self.device)
         return {"reconstructions.png": imgs.png_bytes(imgs.grid(torch.cat([images, recon]), per_row))}
