@@ -375,10 +375,10 @@ def info_command(
     """Describe a checkpoint from its header alone: kind, config, step, dataset, parameters, sha256."""
     with reporting_errors(quiet, debug):
         check_paths({"PATH": path})
-        from genai_cli import export
+        from genai_cli import info
 
-        summary = export.describe(path)
-        console.emit_json(summary) if json_out else console.emit_text(export.info_text(summary))
+        summary = info.describe(path)
+        console.emit_json(summary) if json_out else console.emit_text(info.info_text(summary))
 
 
 @app.command("report", epilog=examples(

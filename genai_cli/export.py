@@ -1,4 +1,4 @@
-"""Taking a trained model elsewhere (`genai export`) and saying what a checkpoint is (`genai info`).
+"""Taking a trained model elsewhere (`genai export`).
 
 What ships is the generating half only (generator or decoder: latent [+ label] -> image),
 wrapped so the exported graph has exactly the inputs `z` (float32 [batch, latent]) and
@@ -11,9 +11,8 @@ Formats: ONNX (torch.onnx.export with dynamo, metadata in `metadata_props`), pt2
 (config.json, model.safetensors with only the generating half's weights, README.md) that
 genai itself loads back. Every artefact is written into a private folder beside --out,
 checked there against the PyTorch model (max |difference| over fixed-seed batches), and only
-then moved over --out: a failed check or a crash leaves --out as it was.
-
-`genai info` reads only a safetensors header, so it is instant on any checkpoint size.
+then moved over --out: a failed check or a crash leaves --out as it was. `genai info` reads the
+metadata back (info.py).
 """
 
 from __future__ import annotations
@@ -36,9 +35,9 @@ import torch
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from genai_cli import __version__, console, rundir
+from genai_cli import __version__, console
 from genai_cli import checkpoint as ckpt
-from genai_cli.errors import CheckpointError, ExportCheckFailed, GenaiError, UsageError
+from genai_cli.errors import ExportCheckFailed, GenaiError, UsageError
 from genai_cli.fileio import atomic_write, file_sha256, move_into_place, write_error
 from genai_cli.models import MODELS, GenerativeModel
 from genai_cli.sampling import latents
@@ -130,6 +129,7 @@ def example_inputs(model: GenerativeModel, batch: int) -> tuple[torch.Tensor, ..
 def export_metadata(model: GenerativeModel, loaded: ckpt.Checkpoint, unit_range: bool) -> dict[str, str]:
     """What a consumer needs to feed the graph and read its output, plus provenance."""
     config, m = loaded.config, model.config
+    n_parameters = sum(p.numel() for p in model.generating_half().parameters())
     inputs = {"z": f"float32 [batch, {model.latent_dim}], standard normal"}
     if model.translates:
         inputs = {"input": f"float32 [batch, {m.in_channels or m.channels}, {m.image_size}, {m.image_size}] in [-1, 1]"}
@@ -147,6 +147,9 @@ def export_metadata(model: GenerativeModel, loaded: ckpt.Checkpoint, unit_range:
         "genai.output_range": "[0, 1]" if unit_range else "[-1, 1]",
         "genai.dataset": config.data.name,
         "genai.step": str(loaded.step),
+        "genai.epoch": loaded.metadata.get("genai.epoch", "0"),
+        "genai.device": loaded.metadata.get("genai.device", "cpu"),
+        "genai.parameters": json.dumps({"total": n_parameters, ckpt.generating_prefix(model)[:-1]: n_parameters}),
         "genai.config": config.to_json(),
         "genai.source_sha256": file_sha256(loaded.path),
     }
@@ -161,11 +164,15 @@ def require_module(name: str, purpose: str) -> None:
         raise GenaiError(f"{purpose} needs the {name} package, which is not installed; {INSTALL_HINT}")
 
 
-def exported_program(module: nn.Module, model: GenerativeModel) -> torch.export.ExportedProgram:
+def batch_dims(model: GenerativeModel) -> dict[str, dict[int, torch.export.Dim]]:
+    """One dynamic first dimension, named `batch` (as the ONNX graph's inputs and output call it), shared by every input."""
     batch = torch.export.Dim("batch")
-    shapes = {name: {0: batch} for name in model.input_names}
+    return {name: {0: batch} for name in model.input_names}
+
+
+def exported_program(module: nn.Module, model: GenerativeModel) -> torch.export.ExportedProgram:
     try:
-        return torch.export.export(module, example_inputs(model, EXAMPLE_BATCH), dynamic_shapes=shapes)
+        return torch.export.export(module, example_inputs(model, EXAMPLE_BATCH), dynamic_shapes=batch_dims(model))
     except Exception as err:  # torch.export's own error types; a genai model that cannot be traced
         raise GenaiError(f"torch.export could not trace the {model.config.kind} model: {_first_line(err)}") from err
 
@@ -177,10 +184,10 @@ def onnx_bytes(module: nn.Module, model: GenerativeModel, metadata: dict[str, st
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*")  # z and label share one batch Dim
-            program = torch.onnx.export(exported_program(module, model), input_names=names,
-                                        output_names=[OUTPUT_NAME], dynamo=True, verbose=False)
-    except GenaiError:
-        raise
+            # the module itself, not an ExportedProgram: only then does the graph keep the name `batch`
+            program = torch.onnx.export(module, example_inputs(model, EXAMPLE_BATCH), input_names=names,
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=batch_dims(model), dynamo=True,
+                                        verbose=False)
     except Exception as err:  # the ONNX exporter's own error types
         raise GenaiError(f"ONNX export of the {model.config.kind} model failed: {_first_line(err)}") from err
     program.model.metadata_props.update(metadata)
@@ -424,85 +431,6 @@ def export_summary_line(result: dict[str, Any]) -> str:
         return line + "; not checked"
     worst = max(result["max_abs_diff"].values())
     return line + f"; matches PyTorch: max |diff| {worst:.2g} <= {result['tolerance']:g} at batch sizes {', '.join(result['max_abs_diff'])}"
-
-
-# ---------------------------------------------------------------- the `info` command
-
-BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")  # BatchNorm statistics, not parameters
-DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64"}
-
-
-def describe(target: str | None) -> dict[str, Any]:
-    """What a genai safetensors file is, from its header alone (tensors are never loaded)."""
-    path = rundir.resolve_model_path(target)  # None: runs/latest, with its own message when the link is dangling
-    if path.suffix.lower() in SUFFIXES:
-        raise CheckpointError(f"{path} is an exported {SUFFIXES[path.suffix.lower()]} file, not a genai checkpoint; "
-                              "its genai metadata is inside it (ONNX metadata_props, pt2 extra file genai.json)")
-    metadata, index, _ = ckpt.read_header(path)
-    ckpt.require_genai(path, metadata, role=None)
-    config = ckpt.config_from_metadata(path, metadata)
-    role = metadata.get("genai.role", ckpt.ROLE_MODEL)
-    # a training state also holds optimiser moments and RNG states; its weights are "model.*"
-    weights = {k.removeprefix("model."): v for k, v in index.items() if role == ckpt.ROLE_MODEL or k.startswith("model.")}
-    parameters: dict[str, int] = {}
-    try:
-        for name, entry in weights.items():
-            if not name.endswith(BUFFER_SUFFIXES):
-                part = name.split(".")[0]
-                parameters[part] = parameters.get(part, 0) + math.prod(int(d) for d in entry["shape"])
-        dtypes = sorted({DTYPE_NAMES.get(entry["dtype"], str(entry["dtype"]).lower()) for entry in weights.values()})
-        step, epoch = int(metadata.get("genai.step", 0)), int(metadata.get("genai.epoch", 0))
-    except (TypeError, KeyError, ValueError, OverflowError) as err:
-        raise CheckpointError(f"{path} has a corrupt tensor index or metadata; it is damaged or not a checkpoint") from err
-    m = config.model
-    return {
-        "path": str(path),
-        "real_path": str(path.resolve()),  # which run runs/latest points at
-        "role": role,
-        "contents": metadata.get("genai.contents", "full"),
-        "kind": m.kind,
-        "version": metadata.get("genai.version"),
-        "step": step,
-        "epoch": epoch,
-        "dataset": config.data.name,
-        "classes": config.data.classes,
-        "image_shape": [m.channels, m.image_size, m.image_size],
-        "latent_dim": m.latent_dim,
-        "device": metadata.get("genai.device"),
-        "config": config.to_dict(),
-        "parameters": {"total": sum(parameters.values()), **parameters},
-        "tensors": len(weights),
-        "dtypes": dtypes,
-        "file_bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
-    }
-
-
-def info_text(info: dict[str, Any]) -> str:
-    """`genai info` for people: a few aligned lines (strings from the file shown with control characters escaped)."""
-    m = info["config"]["model"]
-    what = {ckpt.ROLE_MODEL: "model file", ckpt.ROLE_STATE: "training state, for --resume"}.get(info["role"], info["role"])
-    if info["contents"] == ckpt.GENERATING_HALF:
-        what = "slim export: generating half only"
-    parts = ", ".join(f"{k} {_millions(v)}" for k, v in info["parameters"].items() if k != "total")
-    c, h, w = info["image_shape"]
-    rows = [
-        ("kind", f"{info['kind']} ({what})"),
-        ("model", (f"input {m['in_channels']}x{h}x{w}" if m.get("in_channels") else f"latent {info['latent_dim']}")
-                  + f", width {m['width']}, image {c}x{h}x{w}, "
-                  + (f"{m['num_classes']} classes" if m["num_classes"] else "unconditional")),
-        ("trained", f"step {info['step']}, epoch {info['epoch']}, on {info['dataset']} (device {info['device']}, genai {info['version']})"),
-        *([("classes", ", ".join(info["classes"]))] if info["classes"] else []),
-        ("parameters", f"{info['parameters']['total']:,} ({parts}), {'/'.join(info['dtypes'])}"),
-        ("file", f"{info['file_bytes']:,} bytes, sha256 {info['sha256']}"),
-    ]
-    linked = Path(info["path"]).absolute() != Path(info["real_path"])  # e.g. through runs/latest
-    title = f"{info['path']} -> {info['real_path']}" if linked else info["path"]
-    return "\n".join(ckpt.printable(line) for line in [title, *(f"  {key:<11} {value}" for key, value in rows)])
-
-
-def _millions(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def _first_line(err: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def test_every_family_exports_to_every_format_and_matches_pytorch(runs, kind: st
         expected = [("z", "tensor(float)")] + ([("label", "tensor(int64)")] if model.conditional else [])
         assert names == expected
         assert [o.name for o in session.get_outputs()] == ["image"]
-        assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic: any batch
+        assert [i.shape[0] for i in [*session.get_inputs(), *session.get_outputs()]] == ["batch"] * (len(names) + 1)
     elif fmt == "pt2":
         extra = {export.PT2_METADATA_FILE: ""}
         torch.export.load(out, extra_files=extra)
@@ -288,6 +289,26 @@ def test_info_on_every_kind_of_target(runs, tmp_path: Path, monkeypatch):
         assert fragment in text.stdout
 
 
+@pytest.mark.parametrize("fmt", FORMATS[:2])
+def test_info_reads_genai_exports_like_checkpoints(runs, fmt: str, tmp_path: Path, monkeypatch):
+    run, out = runs["cgan"], tmp_path / f"g.{fmt}"
+    ok_json(invoke("export", "-c", run, "--out", out, "--no-check", "--json"))
+    model_info = ok_json(invoke("info", run, "--json"))
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("info must not unpickle a pt2 program"))
+    got = ok_json(invoke("info", out, "--json"))
+    same = ("kind", "version", "step", "epoch", "dataset", "classes", "image_shape", "latent_dim", "device", "config")
+    assert {k: got[k] for k in same} == {k: model_info[k] for k in same}
+    generator = model_info["parameters"]["generator"]
+    assert got["role"] == "export" and got["contents"] == fmt and got["dtypes"] == ["float32"]
+    assert got["parameters"] == {"total": generator, "generator": generator}
+    assert set(got["inputs"]) == {"z", "label"} and got["output_range"] == "[-1, 1]"
+    assert got["source_sha256"] == model_info["sha256"] and got["file_bytes"] == out.stat().st_size
+    text = invoke("info", out)
+    assert text.exit_code == 0 and text.stdout.startswith(str(out))
+    for fragment in (f"cgan ({fmt} export: generating half only)", "step 3, epoch", "Ankle boot", "label int64", "in [-1, 1]"):
+        assert fragment in text.stdout
+
+
 def test_info_refuses_foreign_and_damaged_files(runs, tmp_path: Path):
     save_file({"w": torch.zeros(3)}, tmp_path / "foreign.safetensors")
     one_line_error(invoke("info", tmp_path / "foreign.safetensors"), 1, "not a genai checkpoint")
@@ -296,8 +317,14 @@ def test_info_refuses_foreign_and_damaged_files(runs, tmp_path: Path):
     one_line_error(invoke("info", tmp_path / "cut.safetensors"), 1, "truncated")
     (tmp_path / "notes.txt").write_text("hello, not a checkpoint at all")
     one_line_error(invoke("info", tmp_path / "notes.txt"), 1, "not a safetensors file")
-    (tmp_path / "g.onnx").write_bytes(b"\x08\x07" * 64)
-    one_line_error(invoke("info", tmp_path / "g.onnx"), 1, "exported onnx file")
+    (tmp_path / "g.pt2").write_bytes(b"PK not a zip")
+    one_line_error(invoke("info", tmp_path / "g.pt2"), 1, "not a readable pt2 archive")
+    with zipfile.ZipFile(tmp_path / "other.pt2", "w") as archive:
+        archive.writestr("archive/extra/other.json", "{}")
+    one_line_error(invoke("info", tmp_path / "other.pt2"), 1, "pt2 file without genai metadata")
+    if HAS_EXPORT_EXTRA:
+        (tmp_path / "g.onnx").write_bytes(b"\x08\x07" * 64)  # a valid ModelProto, with no metadata
+        one_line_error(invoke("info", tmp_path / "g.onnx"), 1, "onnx file without genai metadata")
     one_line_error(invoke("info", tmp_path / "missing"), 1, "does not exist")
     one_line_error(invoke("info"), 1, "runs/latest")
 

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from genai_cli import checkpoint as ck
-from genai_cli import export
+from genai_cli import export, info
 from genai_cli.cli import app
 from genai_cli.config import Config, DataConfig, ModelConfig, TrainConfig
 from genai_cli.console import json_safe
@@ -295,9 +295,9 @@ def result_or_genai_error(fn: Callable[..., Any], *args: Any) -> Any:
 
 def info_path(path: Path) -> None:
     """What `genai info` and `genai info --json` compute and print, minus the printing."""
-    info = result_or_genai_error(export.describe, str(path))
-    if info is not None:
-        export.info_text(info).encode("utf-8")  # stdout is strict UTF-8: no lone surrogates
+    summary = result_or_genai_error(info.describe, str(path))
+    if summary is not None:
+        info.info_text(summary).encode("utf-8")  # stdout is strict UTF-8: no lone surrogates
         json.dumps(json_safe(info), sort_keys=True, allow_nan=False)
 
 
@@ -351,7 +351,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         else:
             model, _ = ck.load_model(str(work), CPU, "dcgan")
             assert model.generator(torch.zeros(1, 8)).shape == (1, 1, 16, 16)
-            assert export.describe(str(work))["kind"] == "dcgan"
+            assert info.describe(str(work))["kind"] == "dcgan"
     RSS_BASELINE_KB[0] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     yield tmp_path_factory.mktemp("fuzz")

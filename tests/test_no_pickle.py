@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 import genai_cli
 from genai_cli import checkpoint as ck
-from genai_cli import export, features
+from genai_cli import features, info
 from genai_cli.cli import app
 from genai_cli.errors import CheckpointError, GenaiError
 
@@ -242,7 +242,7 @@ def test_checkpoint_loaders_refuse_a_pickle(marker: Path, tmp_path: Path, kind: 
     (run / ck.STATE_FILE).write_bytes(data)
     for load in (lambda: ck.load_model(str(run), CPU), lambda: ck.load_model(str(run / ck.MODEL_FILE), CPU),
                  lambda: ck.load_file(run / ck.MODEL_FILE), lambda: ck.load_training_state(run),
-                 lambda: export.describe(str(run))):
+                 lambda: info.describe(str(run))):
         with pytest.raises(CheckpointError) as excinfo:
             load()
         assert "\n" not in str(excinfo.value)

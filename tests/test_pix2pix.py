@@ -329,4 +329,4 @@ def test_export_takes_an_image_and_matches_pytorch(run: Path, tmp_path: Path, su
 
         session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
         (graph_input,) = session.get_inputs()
-        assert graph_input.name == "input" and graph_input.shape[1:] == [1, 16, 16]
+        assert graph_input.name == "input" and graph_input.shape == ["batch", 1, 16, 16]
