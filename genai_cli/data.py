@@ -2,7 +2,9 @@
 
 `load_dataset` turns a name into an `ImageSource`. Registered names (mnist, fashion-mnist,
 kmnist, cifar10) are read from torchvision's raw layout under the first data root that holds
-them (see `resolve_data_roots`); anything else that is a directory is an image folder.
+them (see `resolve_data_roots`), by the reader of their file format (`FILE_FORMATS`: IDX,
+CIFAR's binary batches); any other name is a path, read by the first of `PATH_FORMATS` that
+takes it (an image folder, an .npz of images).
 Small datasets live in memory as one N×C×H×W uint8 tensor and batches are gathered by
 index; folders too big for `MEMORY_BUDGET_BYTES` stream through DataLoader workers. Both
 draw the same seeded permutation, so a seed gives the same batches on every device, for a
@@ -17,8 +19,9 @@ import gzip
 import hashlib
 import os
 import sys
+import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,14 +50,19 @@ CIFAR_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 STREAM_WORKERS = min(4, os.cpu_count() or 1)
 
-Batch = tuple[torch.Tensor, torch.Tensor | None]  # uint8 images, int64 labels or None
+# uint8 images and what conditions them: int64 labels, a paired source's uint8 input images, or None
+Batch = tuple[torch.Tensor, torch.Tensor | None]
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     folder: str  # torchvision's folder (and class) name under a data root
-    fmt: str  # "idx" (MNIST family) or "cifar" (CIFAR-10 binary version)
+    fmt: str  # a key of FILE_FORMATS: "idx" (MNIST family) or "cifar" (CIFAR-10 binary version)
     classes: tuple[str, ...] = ()  # empty: read from the dataset's files
+
+    @property
+    def format(self) -> FileFormat:
+        return FILE_FORMATS[self.fmt]
 
 
 FASHION_CLASSES = "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
@@ -253,12 +261,13 @@ def load_dataset(
             f"image size must be between 1 and {MAX_IMAGE_SIZE} pixels, got {image_size}; "
             "choose an --image-size in that range (e.g. 28, 32, 64)"
         )
+    path = Path(name).expanduser()
     if name in DATASETS:
         source = _load_registered(name, split, data_dir, channels, image_size, download)
-    elif Path(name).expanduser().is_dir():
+    elif reader := next((f for f in PATH_FORMATS if f.takes(path)), None):
         if split != "train":
-            console.info(f"image folders have no splits; using every image in {name}")
-        source = _load_folder(Path(name).expanduser(), channels, image_size)
+            console.info(f"{reader.what} have no splits; using every image in {name}")
+        source = reader.load(path, channels, image_size)
     else:
         raise UsageError(f"{DATASETS.unknown_message(name)}; or give an image folder path")
     labels = f"{len(source.classes)} classes" if source.labelled else "unlabelled"
@@ -289,7 +298,7 @@ def _load_registered(
         paths = _locate(key, spec, roots, files)
     if paths is None:
         raise DataError(_not_found_message(key, spec, roots, split, outcome))
-    images, labels, classes = _read_idx_split(paths) if spec.fmt == "idx" else _read_cifar(paths)
+    images, labels, classes = spec.format.read(paths)
     classes = list(spec.classes) or classes
     if len(labels) and int(labels.max()) >= len(classes):
         raise DataError(
@@ -306,17 +315,11 @@ def _load_registered(
 
 
 def _split_files(spec: DatasetSpec, split: str) -> list[str]:
-    if spec.fmt == "cifar":
-        batches = (
-            [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
-        )
-        return [*batches, "batches.meta.txt"]
-    prefix = "train" if split == "train" else "t10k"
-    return [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    return spec.format.split_files(split)
 
 
 def _data_folder(spec: DatasetSpec, root: Path) -> Path:
-    return root / spec.folder if spec.fmt == "cifar" else root / spec.folder / "raw"
+    return root / spec.folder / spec.format.subfolder
 
 
 def _find(folder: Path, filename: str) -> Path | None:
@@ -382,12 +385,10 @@ def _download(spec: DatasetSpec, root: Path, split: str) -> None:
 
     root.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(sys.stderr):
-        if spec.fmt == "cifar":
-            download_and_extract_archive(CIFAR_URL, str(root), md5=CIFAR_MD5)
-        else:
-            getattr(torchvision.datasets, spec.folder)(
-                str(root), train=split == "train", download=True
-            )
+        if spec.format.archive:
+            download_and_extract_archive(spec.format.archive, str(root), md5=spec.format.archive_md5)
+        else:  # the MNIST family's own downloader, named like its folder
+            getattr(torchvision.datasets, spec.folder)(str(root), train=split == "train", download=True)
 
 
 def _not_found_message(
@@ -395,7 +396,7 @@ def _not_found_message(
 ) -> str:
     where = _data_folder(spec, roots[0])
     other = "test" if split == "train" else "train"
-    wanted = ", ".join(f"{f}[.gz]" if spec.fmt == "idx" else f for f in _split_files(spec, split))
+    wanted = ", ".join(f"{f}[.gz]" if spec.format.gzipped else f for f in _split_files(spec, split))
     for root in roots:
         if _find_all(_data_folder(spec, root), _split_files(spec, other)):
             return (
@@ -467,6 +468,34 @@ def _read_cifar(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, list[str
     classes = [line.strip() for line in _read_bytes(meta).decode().splitlines() if line.strip()]
     images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(records[:, 0].astype(np.int64)), classes
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """How a registered dataset's files are named, laid out, fetched and read."""
+
+    split_files: Callable[[str], list[str]]  # split -> the files it needs
+    subfolder: str  # under <root>/<spec.folder>: torchvision's "raw" for the MNIST family
+    read: Callable[[list[Path]], tuple[torch.Tensor, torch.Tensor, list[str]]]  # images, labels, classes ([]: the spec's)
+    gzipped: bool = False  # the files usually come as NAME.gz (either is read; the not-found message says so)
+    archive: str | None = None  # URL of one archive holding every split (else torchvision's downloader)
+    archive_md5: str | None = None
+
+
+def _idx_files(split: str) -> list[str]:
+    prefix = "train" if split == "train" else "t10k"
+    return [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+
+
+def _cifar_files(split: str) -> list[str]:
+    batches = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    return [*batches, "batches.meta.txt"]
+
+
+FILE_FORMATS = {
+    "idx": FileFormat(_idx_files, "raw", _read_idx_split, gzipped=True),
+    "cifar": FileFormat(_cifar_files, "", _read_cifar, archive=CIFAR_URL, archive_md5=CIFAR_MD5),
+}
 
 
 def convert_images(images: torch.Tensor, channels: int, size: int, chunk: int = 4096) -> torch.Tensor:
@@ -608,6 +637,54 @@ def image_tensor(image: Image.Image) -> torch.Tensor:
     """An L or RGB PIL image -> uint8 C×H×W."""
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
     return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
+
+
+# ---------------------------------------------------------------- .npz arrays of images
+
+
+NPZ_KEYS = ("arr_0", "images")  # genai sample's key (as the common evaluators read), and older genai files'
+
+
+def _load_npz(path: Path, channels: int | None, image_size: int | None) -> InMemorySource:
+    """uint8 N×H×W×C images (N×H×W for gray) under `arr_0`, or `images` in files genai wrote before;
+    never unpickled. Labels are not read: an array has no class names."""
+    require_regular_file(path, "pass an .npz file of images", DataError)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            key = next((k for k in NPZ_KEYS if k in npz.files), None)
+            if key is None:
+                raise DataError(f"{path} holds no images (its arrays: {', '.join(npz.files) or 'none'}); genai reads "
+                                "'arr_0', uint8 N×H×W×C, as `genai sample --out NAME.npz` writes it")
+            pixels = npz[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # pickled arrays raise ValueError
+        raise DataError(f"cannot read {path} as an .npz of images ({type(err).__name__}: {str(err)[:120]}); "
+                        "write it with numpy.savez, without object arrays") from err
+    gray = pixels.ndim == 3
+    if pixels.dtype != np.uint8 or not (gray or pixels.ndim == 4 and pixels.shape[-1] in (1, 3)) \
+            or not len(pixels) or pixels.shape[1] != pixels.shape[2]:
+        raise DataError(f"{path}: '{key}' is {pixels.dtype} of shape {list(pixels.shape)}; genai reads square uint8 "
+                        "images, N×H×W×C with C 1 or 3 (or N×H×W for gray)")
+    images = torch.from_numpy(pixels[..., None] if gray else pixels).permute(0, 3, 1, 2)
+    channels, size = channels or images.shape[1], image_size or images.shape[-1]
+    require_memory(len(images) * channels * size**2, f"the {len(images)} images of {path} at {size}x{size}",
+                   "use a smaller --image-size")
+    images = convert_images(images.contiguous(), channels, size)
+    return InMemorySource(str(path), [], channels, size, str(path.resolve()), None, images)
+
+
+@dataclass(frozen=True)
+class PathFormat:
+    """A dataset given as a path (not a registered name): which paths it takes and how they are read."""
+
+    what: str  # plural, for messages
+    takes: Callable[[Path], bool]
+    load: Callable[[Path, int | None, int | None], ImageSource]  # (path, channels, image size; None: its own)
+
+
+PATH_FORMATS = (
+    PathFormat("image folders", Path.is_dir, _load_folder),
+    PathFormat(".npz files", lambda path: path.suffix.lower() == ".npz" and path.exists(), _load_npz),
+)
 
 
 def _warn_skipped(skipped: list[Path]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -314,6 +315,42 @@ def _indexed_source(n: int = 40) -> InMemorySource:
 
 def _ids(batches) -> list[list[int]]:
     return [images[:, 0, 0, 0].tolist() for images, _ in batches]
+
+
+# ---------------------------------------------------------------- .npz arrays of images
+
+
+@pytest.mark.parametrize("key,channels", [("arr_0", 3), ("arr_0", 1), ("images", 3)])  # images: older genai files
+def test_npz_of_images_in_either_layout(tmp_path, key: str, channels: int):
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 8, 8, channels), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "s.npz", **{key: pixels}, labels=np.full(6, -1), seeds=np.arange(6))
+    source = load_dataset(str(tmp_path / "s.npz"))
+    assert (len(source), source.channels, source.image_size) == (6, channels, 8) and not source.labelled
+    assert torch.equal(source.all_images(), torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    assert load_dataset(str(tmp_path / "s.npz"), channels=1, image_size=4).all_images().shape == (6, 1, 4, 4)
+
+
+@pytest.mark.parametrize("content,problem", [
+    ({"mu": np.zeros(3)}, "holds no images (its arrays: mu)"),
+    ({"arr_0": np.zeros((2, 8, 8, 3), np.float32)}, "float32 of shape [2, 8, 8, 3]"),
+    ({"arr_0": np.zeros((2, 8, 6, 3), np.uint8)}, "square uint8"),
+    ({"arr_0": np.array([{"x": 1}], dtype=object)}, "without object arrays"),  # pickled: never loaded
+])
+def test_bad_npz_files_are_one_line_data_errors(tmp_path, content: dict, problem: str):
+    np.savez(tmp_path / "bad.npz", **content)
+    with pytest.raises(DataError, match=re.escape(problem)) as err:
+        load_dataset(str(tmp_path / "bad.npz"))
+    assert "\n" not in str(err.value)
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(DataError, match="cannot read .*cut.npz"):
+        load_dataset(str(tmp_path / "cut.npz"))
+
+
+@pytest.mark.parametrize("fmt", sorted(data.FILE_FORMATS))
+def test_every_registered_dataset_names_a_known_file_format(fmt: str):
+    specs = [data.DATASETS.get(name) for name in data.dataset_names()]
+    assert all(spec.fmt in data.FILE_FORMATS for spec in specs) and fmt in {spec.fmt for spec in specs}
+    assert data.FILE_FORMATS[fmt].split_files("train") != data.FILE_FORMATS[fmt].split_files("test")
 
 
 def test_batches_are_seeded_permutations_without_a_partial_batch():
