@@ -101,11 +101,11 @@ def eval_table(result: dict[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result["metrics"].items():
-        if isinstance(value, list):
-            value = " ".join(f"{v:.3f}" for v in value)
+        if isinstance(value, dict):  # per class, by name: names come from files, so no markup and escaped
+            value = Text(", ".join(f"{printable(k)} {v:.3f}" for k, v in value.items()))
         elif isinstance(value, float):
             value = f"{value:.4g}" if math.isfinite(value) else "n/a"
-        table.add_row(name, str(value))
+        table.add_row(name, value if isinstance(value, Text) else str(value))
     for gate in result["gates"]:
         table.add_row(f"gate {gate['gate']}", "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]")
     _stderr.print(table)

@@ -2,8 +2,9 @@
 
 The engine gathers two image sets (generated or given, and a real reference split),
 turns both into features with one extractor, computes the asked metrics, states the
-protocol next to the numbers, and checks `--fail-if` gates. Real-data features are cached
-per dataset, split, count, image shape and extractor weights.
+protocol next to the numbers, and checks `--fail-if` gates. Which metrics exist, what each
+computes and reports, and when it applies is one table, `METRICS`. Real-data features are
+cached per dataset, split, count, image shape and extractor weights.
 """
 
 from __future__ import annotations
@@ -31,20 +32,8 @@ from genai_cli.fileio import append_line
 from genai_cli.models import GenerativeModel, VariationalModel
 from genai_cli.runtime import pick_device, seed_everything
 
-DISTRIBUTION_METRICS = ("fid", "kid", "is", "pr", "dc")
-ALL_METRICS = (*DISTRIBUTION_METRICS, "acc", "nll", "paired")
-# Gate metric -> the --metrics group that computes it.
-GATE_SOURCES = {"fid": "fid", "kid": "kid", "is": "is", "precision": "pr", "recall": "pr", "density": "dc",
-                "coverage": "dc", "acc": "acc", "acc_ratio_min": "acc", "intra_fid": "acc", "elbo": "nll", "nll": "nll",
-                "recon_mse": "nll", "l1": "paired", "psnr": "paired", "ssim": "paired"}
-GATE_METRICS = tuple(GATE_SOURCES)
-NEEDS = {"acc": "a conditional model (cgan, cvae)", "nll": "a VAE (vae, cvae)", "paired": "a translating model (pix2pix)"}
-# What --ref-stats (the reference's feature mean and covariance, no features) is enough for.
-STATS_METRICS = ("fid", "is", "acc", "nll")
+# What --ref-stats (the reference's feature mean and covariance, no features) is not enough for.
 NEEDS_FEATURES = "the reference's features, which --ref-stats does not hold (only their mean and covariance)"
-# The fewest images in each set a metric is defined for: a covariance needs 2, a k-NN radius k+1
-# points, the Inception Score one image per split. Below it the metric is reported as not computed.
-MINIMUM = {"fid": 2, "kid": 2, "is": metrics.IS_SPLITS, "pr": metrics.PR_K + 1, "dc": metrics.DC_K + 1}
 GATE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>|==)\s*(-?[0-9.eE+-]+)\s*$")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
@@ -98,13 +87,13 @@ def parse_gate(text: str) -> Gate:
     return Gate(match[1], match[2], threshold)
 
 
-def check_gates_apply(gates: list[Gate], asked: list[str], applicable: list[str], scoring: str) -> None:
+def check_gates_apply(gates: list[Gate], asked: list[str], unavailable: dict[str, str], scoring: str) -> None:
     """Before any work: a gate whose metric can never be computed here is a usage error, not a pass."""
     for gate in gates:
         source = GATE_SOURCES[gate.metric]
-        if source not in applicable:
+        if source in unavailable:
             raise UsageError(f"--fail-if {gate}: {gate.metric} never applies when scoring {scoring}; it needs "
-                             f"{NEEDS.get(source, NEEDS_FEATURES)}: remove the gate")
+                             f"{unavailable[source]}: remove the gate")
         if source not in asked:
             raise UsageError(f"--fail-if {gate}: {gate.metric} is not computed with --metrics {','.join(asked)}; "
                              f"add {source} to --metrics or remove the gate")
@@ -118,6 +107,26 @@ class Candidates:
     labels: torch.Tensor | None  # asked-for classes (conditional models) or true labels
     description: str
     model: GenerativeModel | None = None
+
+
+@dataclass
+class Scoring:
+    """What the metrics of one eval are computed from: the two image sets and, when an extractor ran,
+    their features; a metric computable only in part says why in `not_computed`."""
+
+    req: EvalRequest
+    model: GenerativeModel | None
+    candidates: Candidates
+    reference: ImageSource | None  # None when --ref-stats stands in for it
+    n_real: int
+    dataset: str
+    data_dir: str | None
+    shape: tuple[int, int]
+    device: torch.device
+    real_f: torch.Tensor | metrics.Statistics | None = None
+    fake_f: torch.Tensor | None = None
+    fake_logits: torch.Tensor | None = None
+    not_computed: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- the engine
@@ -137,13 +146,13 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     started = time.perf_counter()
     model, loaded = (None, None) if req.real or req.images else ckpt.load_model(req.checkpoint, device)
     translates = model is not None and model.translates
-    asked, applicable = choose_metrics(req, model)
+    asked, unavailable = choose_metrics(req, model)
     unjudged = translates and req.features == "classifier" and (req.data or loaded.config.data.name) not in DATASETS
     if unjudged and req.metrics is None:  # pairs from a folder have no classes to train genai's classifier on
         asked = ["paired"]
     if req.ref_stats:
-        asked, applicable = stats_only(req, asked, applicable)
-    check_gates_apply(gates, asked, applicable, f"a {model.config.kind}" if model else "images without a model")
+        asked, unavailable = stats_only(req, asked, unavailable)
+    check_gates_apply(gates, asked, unavailable, f"a {model.config.kind}" if model else "images without a model")
     dataset, data_dir, shape = reference_facts(req, loaded)
     dim = feats.INCEPTION_DIM if req.features == "inception" else feats.CLASSIFIER_DIM
     if model is not None:  # a folder or a split holds what it holds; generated images are what --n asks for
@@ -151,46 +160,32 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
                                  "use a smaller --n")
     stats = feats.read_reference_stats(req.ref_stats, dim) if req.ref_stats else None
     reference = None
-    if stats is None or "acc" in asked or "nll" in asked or translates:  # statistics alone stand in for the reference's features
+    if stats is None or translates or any(METRICS[m].images for m in asked):  # statistics alone stand in for features
         reference = (pairs.load_like(loaded.config, dataset, data_dir, req.split) if translates and loaded else
                      load_dataset(dataset, data_dir=data_dir, split=req.split, channels=shape[0], image_size=shape[1]))
     if "acc" in asked:
         check_classes(loaded, reference, dataset)
     candidates = gather_candidates(req, model, dataset, data_dir, shape, device, reference)
     n_real = stats.n if stats is not None else min(req.n, len(reference))
-    results: dict[str, Any] = {}
-    not_computed: dict[str, str] = {}
+    scoring = Scoring(req, model, candidates, reference, n_real, dataset, data_dir, shape, device)
     extractor, classifier_info = None, None
-    if asked != ["paired"]:  # the paired distances alone compare pixels, not features
+    if any(METRICS[m].features for m in asked):  # the paired distances and the VAE bounds need none
         extractor, classifier_info = make_extractor(req.features, weights, dataset, data_dir, shape, device)
-        if stats is not None:
-            real_f = stats
-        else:
-            real_images = reference.all_images()[:n_real]
-            key = feats.features_key(dataset, req.split, real_images, extractor)
-            real_f, _ = feats.cached_features(key, real_images, extractor, progress=f"{extractor.name} features of {dataset} {req.split}")
-        fake_f, fake_logits = candidate_features(req, candidates, dataset, extractor)
-        results, not_computed = distribution_metrics(asked, real_f, fake_f, fake_logits)
+        scoring.real_f = stats if stats is not None else real_features(scoring, extractor)
+        scoring.fake_f, scoring.fake_logits = candidate_features(req, candidates, dataset, extractor)
     elif unjudged:
-        not_computed["fid"] = "genai's classifier needs a labelled dataset, and pairs from a folder have none; add --features inception"
-    if "acc" in asked:
-        results |= conditional_metrics(candidates, reference, n_real, real_f, fake_f, dataset, data_dir, shape, device,
-                                       not_computed)
-    if "paired" in asked:
-        results |= metrics.paired(candidates.images, reference.all_images()[: len(candidates.images)])
-        if math.isnan(results["ssim"]):
-            not_computed["ssim"] = f"needs images of at least {metrics.SSIM_WINDOW} px, the side of its window"
-    if "nll" in asked:
-        results |= vae_metrics(model, reference.all_images()[: req.n], reference.all_labels(), req.iw_samples, device)
+        scoring.not_computed["fid"] = ("genai's classifier needs a labelled dataset, and pairs from a folder have none; "
+                                       "add --features inception")
+    results, how = score(asked, scoring)
+    not_computed = scoring.not_computed
     if extractor is not None:
-        warn_small_sets(asked, results, real_f, fake_f, not_computed)
+        warn_small_sets(asked, results, scoring)
     protocol = {
         "extractor": extractor and extractor.name, "weights": extractor and extractor.weights,
         "weights_sha256": extractor and extractor.weights_sha256, "preprocess": extractor and extractor.protocol,
         "candidates": candidates.description, "n_generated": len(candidates.images),
         "reference": f"statistics in {req.ref_stats}" if stats is not None else f"{dataset} {req.split}",
-        "n_real": n_real or None, "seed": req.seed,
-        "kid": "100 subsets of 1000, poly kernel", "pr_k": metrics.PR_K, "dc_k": metrics.DC_K, "is_splits": metrics.IS_SPLITS,
+        "n_real": n_real or None, "seed": req.seed, **how,
     }
     if classifier_info:
         protocol["classifier_test_accuracy"] = classifier_info["test_accuracy"]
@@ -266,6 +261,14 @@ def gather_candidates(req: EvalRequest, model: GenerativeModel | None, dataset: 
     return Candidates(images, labels, f"{req.n} samples of {model.config.kind} (seeds {seeds[0]}-{seeds[-1]})", model)
 
 
+def real_features(s: Scoring, extractor: feats.Extractor) -> torch.Tensor:
+    """Features of the reference split's first n_real images, cached per pixels and network."""
+    assert s.reference is not None
+    images = s.reference.all_images()[: s.n_real]
+    key = feats.features_key(s.dataset, s.req.split, images, extractor)
+    return feats.cached_features(key, images, extractor, progress=f"{extractor.name} features of {s.dataset} {s.req.split}")[0]
+
+
 def candidate_features(req: EvalRequest, candidates: Candidates, dataset: str,
                        extractor: feats.Extractor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Features of the judged images; a real split's are cached like the reference's."""
@@ -280,31 +283,26 @@ def _first(labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
     return labels[:n] if labels is not None else None
 
 
-def choose_metrics(req: EvalRequest, model: GenerativeModel | None) -> tuple[list[str], list[str]]:
-    """(the metrics to compute, every metric that applies here)."""
-    # a translating model: FID of its outputs against the targets (plus its own paired distances)
-    applicable = ["fid"] if model is not None and model.translates else list(DISTRIBUTION_METRICS)
-    if model is not None and model.conditional:
-        applicable.append("acc")
-    if model is not None:
-        applicable.extend(model.metrics)
+def choose_metrics(req: EvalRequest, model: GenerativeModel | None) -> tuple[list[str], dict[str, str]]:
+    """(the metrics to compute, what each of the others needs that this eval does not have)."""
+    unavailable = {m.name: m.needs for m in METRICS.values() if not m.applies(model)}
     if req.metrics is None:
-        return applicable, applicable
+        return [name for name in METRICS if name not in unavailable], unavailable
     for name in req.metrics:
-        if name not in ALL_METRICS:
-            raise UsageError(f"unknown metric {name!r}; choose from: {', '.join(ALL_METRICS)}")
-        if name not in applicable:
-            raise UsageError(f"metric {name!r} does not apply here ({name} needs "
-                             f"{NEEDS.get(name, 'a model that samples from noise; a translating model has fid and paired')})")
-    return req.metrics, applicable
+        if name not in METRICS:
+            raise UsageError(f"unknown metric {name!r}; choose from: {', '.join(METRICS)}")
+        if name in unavailable:
+            raise UsageError(f"metric {name!r} does not apply here ({name} needs {unavailable[name]})")
+    return req.metrics, unavailable
 
 
-def stats_only(req: EvalRequest, asked: list[str], applicable: list[str]) -> tuple[list[str], list[str]]:
+def stats_only(req: EvalRequest, asked: list[str], unavailable: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """With --ref-stats, the metrics that need no more than the reference's mean and covariance."""
-    if req.metrics is not None and (needs := [m for m in asked if m not in STATS_METRICS]):
+    if req.metrics is not None and (needs := [m for m in asked if not METRICS[m].stats]):
         raise UsageError(f"--metrics {','.join(needs)} need {NEEDS_FEATURES}; drop --ref-stats, or ask for "
-                         f"{','.join(m for m in STATS_METRICS if m in applicable)}")
-    return [m for m in asked if m in STATS_METRICS], [m for m in applicable if m in STATS_METRICS]
+                         f"{','.join(m.name for m in METRICS.values() if m.stats and m.name not in unavailable)}")
+    without = {m.name: NEEDS_FEATURES for m in METRICS.values() if not m.stats and m.name not in unavailable}
+    return [m for m in asked if METRICS[m].stats], unavailable | without
 
 
 def make_extractor(kind: str, inception_weights: str | None, dataset: str, data_dir: str | None,
@@ -327,92 +325,107 @@ def load_judge(dataset: str, data_dir: str | None, shape: tuple[int, int],
     return feats.load_classifier(dataset, device, len(train.classes), splits)
 
 
-# ---------------------------------------------------------------- metric groups
+# ---------------------------------------------------------------- the metrics
 
 
-GROUP_NAMES = {"fid": ("fid",), "kid": ("kid", "kid_std"), "is": ("is", "is_std"), "pr": ("precision", "recall"),
-               "dc": ("density", "coverage")}
+class NotComputed(Exception):
+    """A metric that applies here but that these sets cannot give (too few images, no classifier head)."""
 
 
-def distribution_metrics(asked: list[str], real: torch.Tensor, fake: torch.Tensor,
-                         fake_logits: torch.Tensor | None) -> tuple[dict[str, float], dict[str, str]]:
-    """(values, why each missing one was not computed): a metric the sets are too small for is NaN with a reason."""
-    out: dict[str, float] = {}
-    why: dict[str, str] = {}
-    for group in (g for g in asked if g in DISTRIBUTION_METRICS):
-        sizes = (len(fake),) if group == "is" else (len(real), len(fake))
-        reason = None
-        if min(sizes) < MINIMUM[group]:
-            sets = "images" if group == "is" else "images in each set"
-            reason = f"needs at least {MINIMUM[group]} {sets}, got {' and '.join(map(str, sizes))}"
-        elif group == "is" and fake_logits is None:
-            reason = "this Inception file has no classifier head"
-        if reason:
-            out |= {name: math.nan for name in GROUP_NAMES[group]}
-            why |= {name: reason for name in GROUP_NAMES[group] if not name.endswith("_std")}
-        else:
-            out |= dict(zip(GROUP_NAMES[group], _distribution_metric(group, real, fake, fake_logits)))
-    return out, why
+def _sets(s: Scoring, minimum: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets' features, when each holds `minimum` images: a covariance needs 2, a k-NN radius k+1."""
+    assert s.real_f is not None and s.fake_f is not None
+    if min(len(s.real_f), len(s.fake_f)) < minimum:
+        raise NotComputed(f"needs at least {minimum} images in each set, got {len(s.real_f)} and {len(s.fake_f)}")
+    return s.real_f, s.fake_f  # type: ignore[return-value]  # Statistics reach FID alone (the table's `stats`)
 
 
-def _distribution_metric(group: str, real: torch.Tensor, fake: torch.Tensor,
-                         fake_logits: torch.Tensor | None) -> tuple[float, ...]:
-    if group == "fid":
-        return (metrics.fid(real, fake),)
-    if group == "kid":
-        return metrics.kid(real, fake)
-    if group == "is":
-        assert fake_logits is not None
-        return metrics.inception_score(fake_logits)
-    if group == "pr":
-        return metrics.precision_recall(real, fake)
-    return metrics.density_coverage(real, fake)
+def fid(s: Scoring) -> dict[str, float]:
+    return {"fid": metrics.fid(*_sets(s, 2))}
 
 
-def warn_small_sets(asked: list[str], results: dict[str, Any], real: torch.Tensor, fake: torch.Tensor,
-                    not_computed: dict[str, str]) -> None:
-    """One line each: FID from fewer images than feature dimensions (a singular covariance), and what was not computed."""
-    dim = real.shape[1]
-    smallest = min(len(real), len(fake))
-    if "fid" in asked and "fid" not in not_computed and smallest <= dim or "intra_fid" in results:
-        console.warn(f"FID from {smallest if 'fid' in asked else 'a few'} images per set of {dim}-dimensional features "
-                     f"has a singular covariance: it is biased and comparable only at the same --n (above {dim} is reliable)")
-    if not_computed:
-        console.warn("not computed: " + "; ".join(f"{name} ({reason})" for name, reason in not_computed.items()))
+def kid(s: Scoring) -> dict[str, float]:
+    return dict(zip(("kid", "kid_std"), metrics.kid(*_sets(s, 2))))
 
 
-def conditional_metrics(candidates: Candidates, reference: ImageSource, n_real: int, real_f: torch.Tensor | metrics.Statistics,
-                        fake_f: torch.Tensor, dataset: str, data_dir: str | None, shape: tuple[int, int],
-                        device: torch.device, not_computed: dict[str, str]) -> dict[str, Any]:
-    """Does each asked class come out as that class (judged by the classifier), and how well?
-    Adds to `not_computed` why a summary could not be computed (too few images per class)."""
-    judge, info = load_judge(dataset, data_dir, shape, device)
-    _, logits = judge(candidates.images)
-    assert logits is not None and candidates.labels is not None
+def kid_protocol(s: Scoring) -> dict[str, str]:
+    """Subsets of KID_SUBSET_SIZE images, or of every image of the smaller set when it has fewer: say which."""
+    assert s.real_f is not None and s.fake_f is not None
+    size = min(metrics.KID_SUBSET_SIZE, len(s.real_f), len(s.fake_f))
+    shrunk = f", not {metrics.KID_SUBSET_SIZE}: the smaller set has {size} images" if size < metrics.KID_SUBSET_SIZE else ""
+    return {"kid": f"{metrics.KID_SUBSETS} subsets of {size}{shrunk}; poly kernel"}
+
+
+def inception_score(s: Scoring) -> dict[str, float]:
+    assert s.fake_f is not None
+    if len(s.fake_f) < metrics.IS_SPLITS:  # one image per split at least
+        raise NotComputed(f"needs at least {metrics.IS_SPLITS} images, got {len(s.fake_f)}")
+    if s.fake_logits is None:
+        raise NotComputed("this Inception file has no classifier head")
+    return dict(zip(("is", "is_std"), metrics.inception_score(s.fake_logits)))
+
+
+def precision_recall(s: Scoring) -> dict[str, float]:
+    return dict(zip(("precision", "recall"), metrics.precision_recall(*_sets(s, metrics.PR_K + 1))))
+
+
+def density_coverage(s: Scoring) -> dict[str, float]:
+    return dict(zip(("density", "coverage"), metrics.density_coverage(*_sets(s, metrics.DC_K + 1))))
+
+
+def paired(s: Scoring) -> dict[str, float]:
+    """A translating model's outputs against their own targets, pixel by pixel."""
+    assert s.reference is not None
+    out = metrics.paired(s.candidates.images, s.reference.all_images()[: len(s.candidates.images)])
+    if math.isnan(out["ssim"]):
+        s.not_computed["ssim"] = f"needs images of at least {metrics.SSIM_WINDOW} px, the side of its window"
+    return out
+
+
+def class_metrics(s: Scoring) -> dict[str, Any]:
+    """Does each asked class come out as that class (judged by the classifier), and how well? Per-class
+    numbers are keyed by class name (the index, as a string, where the dataset names none)."""
+    assert s.reference is not None and s.fake_f is not None and s.real_f is not None
+    judge, info = load_judge(s.dataset, s.data_dir, s.shape, s.device)
+    _, logits = judge(s.candidates.images)
+    assert logits is not None and s.candidates.labels is not None
     predicted = logits.argmax(dim=1)
-    asked = candidates.labels
+    asked = s.candidates.labels
     num_classes = len(info["per_class_accuracy"])
     per_class = [float((predicted[asked == k] == k).float().mean()) if (asked == k).any() else math.nan
                  for k in range(num_classes)]
-    ratios = [s / r for s, r in zip(per_class, info["per_class_accuracy"]) if r > 0 and not math.isnan(s)]
-    real_labels = reference.all_labels()[:n_real]
-    intra = [] if isinstance(real_f, metrics.Statistics) else [
-        metrics.fid(real_f[real_labels == k], fake_f[asked == k]) for k in range(num_classes)
+    ratios = [a / r for a, r in zip(per_class, info["per_class_accuracy"]) if r > 0 and not math.isnan(a)]
+    real_labels = s.reference.all_labels()[: s.n_real]
+    from_stats = isinstance(s.real_f, metrics.Statistics)
+    intra = [] if from_stats else [
+        metrics.fid(s.real_f[real_labels == k], s.fake_f[asked == k]) for k in range(num_classes)
         if (real_labels == k).sum() > 1 and (asked == k).sum() > 1]
-    if isinstance(real_f, metrics.Statistics):
-        not_computed["intra_fid"] = f"needs {NEEDS_FEATURES}"
+    if from_stats:
+        s.not_computed["intra_fid"] = f"needs {NEEDS_FEATURES}"
     elif not intra:
-        not_computed["intra_fid"] = (f"needs 2 or more images of one class in each set; {len(asked)} generated and "
-                                     f"{n_real} real images over {num_classes} classes have none: use a larger --n")
+        s.not_computed["intra_fid"] = (f"needs 2 or more images of one class in each set; {len(asked)} generated and "
+                                       f"{s.n_real} real images over {num_classes} classes have none: use a larger --n")
     if not ratios:
-        not_computed["acc_ratio_min"] = "the classifier recognises none of the asked classes in the real test images"
+        s.not_computed["acc_ratio_min"] = "the classifier recognises none of the asked classes in the real test images"
+    names = class_keys(s.reference.classes, num_classes)
     return {
         "acc": float((predicted == asked).float().mean()),
-        "acc_per_class": per_class,
+        "acc_per_class": dict(zip(names, per_class)),
         "acc_ratio_min": min(ratios, default=math.nan),  # worst class: sample accuracy / real accuracy
-        "classifier_acc_per_class": info["per_class_accuracy"],
+        "classifier_acc_per_class": dict(zip(names, info["per_class_accuracy"])),
         "intra_fid": sum(intra) / len(intra) if intra else math.nan,
     }
+
+
+def class_keys(classes: list[str], num_classes: int) -> list[str]:
+    """The dataset's class names, or "0", "1", ... where it has none (or not one each)."""
+    return list(classes) if len(set(classes)) == num_classes == len(classes) else [str(k) for k in range(num_classes)]
+
+
+def likelihood(s: Scoring) -> dict[str, float]:
+    """The VAE bounds on the reference split's first --n images."""
+    assert s.reference is not None and s.model is not None
+    return vae_metrics(s.model, s.reference.all_images()[: s.req.n], s.reference.all_labels(), s.req.iw_samples, s.device)
 
 
 @torch.no_grad()
@@ -449,6 +462,86 @@ def vae_metrics(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
     n = len(images)
     out = {"elbo": elbo_sum / n, "nll": -iw_sum / n, "recon_mse": mse_sum / n, "iw_samples": k}
     return out | ({"nll_standard_prior": -iw_standard_sum / n} if fitted is not None else {})
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One `--metrics` name: how it is computed, the numbers it adds to a result, and when it applies."""
+
+    name: str
+    keys: tuple[str, ...]  # the numbers it adds to `metrics`; all but the *_std ones are --fail-if gates
+    compute: Callable[[Scoring], dict[str, Any]]  # raises NotComputed when these sets cannot give it
+    applies: Callable[[GenerativeModel | None], bool]  # to this model; None: images without a model
+    needs: str  # what it needs where it does not apply
+    features: bool = True  # compares the sets' features: an extractor runs
+    images: bool = False  # reads the reference's images (or labels), which --ref-stats does not replace
+    stats: bool = False  # computable with --ref-stats (the reference's feature mean and covariance alone)
+    protocol: Callable[[Scoring], dict[str, Any]] | None = None  # how it was computed, stated beside the numbers
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        return tuple(key for key in self.keys if not key.endswith("_std"))
+
+
+def _samples_noise(model: GenerativeModel | None) -> bool:
+    return model is None or not model.translates
+
+
+def _model_has(name: str) -> Callable[[GenerativeModel | None], bool]:
+    """A metric the model declares (`GenerativeModel.metrics`): its encoder's likelihood bound, its paired targets."""
+    return lambda model: model is not None and name in model.metrics
+
+
+NOISE = "a model that samples from noise; a translating model has fid and paired"
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("fid", ("fid",), fid, lambda model: True, "", stats=True),
+    Metric("kid", ("kid", "kid_std"), kid, _samples_noise, NOISE, protocol=kid_protocol),
+    Metric("is", ("is", "is_std"), inception_score, _samples_noise, NOISE, stats=True,
+           protocol=lambda s: {"is_splits": metrics.IS_SPLITS}),
+    Metric("pr", ("precision", "recall"), precision_recall, _samples_noise, NOISE, protocol=lambda s: {"pr_k": metrics.PR_K}),
+    Metric("dc", ("density", "coverage"), density_coverage, _samples_noise, NOISE, protocol=lambda s: {"dc_k": metrics.DC_K}),
+    Metric("acc", ("acc", "acc_ratio_min", "intra_fid"), class_metrics, lambda model: model is not None and model.conditional,
+           "a conditional model (cgan, cvae)", images=True, stats=True),
+    Metric("nll", ("elbo", "nll", "recon_mse"), likelihood, _model_has("nll"), "a VAE (vae, cvae)", features=False,
+           images=True, stats=True),
+    Metric("paired", ("l1", "psnr", "ssim"), paired, _model_has("paired"), "a translating model (pix2pix)",
+           features=False, images=True),
+)}
+GATE_SOURCES = {key: metric.name for metric in METRICS.values() for key in metric.gates}  # gate metric -> --metrics name
+GATE_METRICS = tuple(GATE_SOURCES)
+
+
+def score(asked: list[str], s: Scoring) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the asked metrics' numbers, how each was computed): one these sets cannot give is NaN, its reason in
+    `s.not_computed`."""
+    results: dict[str, Any] = {}
+    protocol: dict[str, Any] = {}
+    for metric in (m for m in METRICS.values() if m.name in asked):
+        try:
+            results |= metric.compute(s)
+        except NotComputed as why:
+            results |= {key: math.nan for key in metric.keys}
+            s.not_computed |= {key: str(why) for key in metric.gates}
+            continue
+        if metric.protocol:
+            protocol |= metric.protocol(s)
+    return results, protocol
+
+
+def warn_small_sets(asked: list[str], results: dict[str, Any], s: Scoring) -> None:
+    """One line each: FID from no more images than feature dimensions (a singular covariance), and what was not computed."""
+    assert s.real_f is not None and s.fake_f is not None
+    dim = s.real_f.shape[1]
+    smallest = min(len(s.real_f), len(s.fake_f))
+    if "fid" in asked and "fid" not in s.not_computed and smallest <= dim or "intra_fid" in results:
+        console.warn(f"FID from {smallest if 'fid' in asked else 'a few'} images per set of {dim}-dimensional features "
+                     f"is unreliable: a singular covariance makes it biased and comparable only at the same --n "
+                     f"(above {dim} is reliable)")
+    if s.not_computed:
+        console.warn("not computed: " + "; ".join(f"{name} ({reason})" for name, reason in s.not_computed.items()))
 
 
 def check_gates(gates: list[Gate], results: dict[str, Any], not_computed: dict[str, str]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import torch
 from scipy import linalg
 
 PR_K, DC_K, IS_SPLITS = 3, 5, 10  # the papers' defaults, stated in every eval result
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # Binkowski et al.'s; subsets shrink to the smaller set when it has fewer
 CHUNK = 2048  # rows of a distance matrix held at once: k-NN metrics use memory linear in the set sizes
 
 
@@ -65,7 +66,7 @@ def fid(real: torch.Tensor | Statistics, fake: torch.Tensor) -> float:
     return frechet_distance(*reference, *mean_cov(fake))
 
 
-def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
+def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
         seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the kernel
     k(x, y) = (x.y / d + 1)^3, averaged over random subsets. Returns (mean, std)."""

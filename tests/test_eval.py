@@ -17,6 +17,8 @@ from genai_cli.cli import app
 from genai_cli.errors import GenaiError, UsageError
 from genai_cli.fileio import file_sha256
 
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
 
 def gaussian(n: int, d: int, shift: float = 0.0, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).normal(shift, 1.0, (n, d)))
@@ -176,18 +178,45 @@ def test_eval_json_states_its_protocol_and_logs_to_the_run(eval_runs: dict[str, 
     assert "NaN" not in out  # strict JSON: non-finite numbers are written as null
     assert result["protocol"]["extractor"] == "classifier" and result["protocol"]["n_real"] == 30
     assert result["protocol"]["reference"] == "fashion-mnist test"
+    # what was done: 30 images per set shrink KID's subsets, and the k-NN metrics state their k
+    assert result["protocol"]["kid"] == "100 subsets of 30, not 1000: the smaller set has 30 images; poly kernel"
+    assert result["protocol"]["pr_k"] == 3 and result["protocol"]["dc_k"] == 5 and result["protocol"]["is_splits"] == 10
     lines = (eval_runs["dcgan"] / "metrics.jsonl").read_text().splitlines()
     assert "eval" in json.loads(lines[-1])
+    code, out = run_cli("eval", "-c", str(eval_runs["dcgan"]), "--n", "30", "--metrics", "fid", "--json")
+    assert code == 0 and not {"kid", "pr_k", "dc_k", "is_splits"} & set(json.loads(out)["protocol"])
 
 
 def test_eval_conditional_and_vae_metrics(eval_runs: dict[str, Path]) -> None:
     _, out = run_cli("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--json")
     cond = json.loads(out)["metrics"]
-    assert len(cond["acc_per_class"]) == 10 and 0 <= cond["acc"] <= 1
+    assert set(cond["acc_per_class"]) == set(cond["classifier_acc_per_class"]) == set(FASHION_CLASSES)  # by class name
+    assert 0 <= cond["acc"] <= 1
+    table = run_cli_all("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--metrics", "acc")
+    assert table.exit_code == 0 and "Ankle boot" in table.stderr, table.stderr
     _, out = run_cli("eval", "-c", str(eval_runs["vae"]), "--n", "20", "--iw-samples", "8", "--metrics", "nll", "--json")
+    assert json.loads(out)["protocol"]["extractor"] is None  # the likelihood bounds need no features
     vae = json.loads(out)["metrics"]
     assert vae["nll"] <= -vae["elbo"] + 1e-6  # the importance-weighted bound is tighter than the ELBO
     assert vae["recon_mse"] > 0
+
+
+@pytest.mark.parametrize("classes,keys", [
+    (["cat", "dog"], ["cat", "dog"]),
+    ([], ["0", "1"]),  # a dataset without names
+    (["a", "a"], ["0", "1"]),  # names that would collide
+])
+def test_per_class_numbers_are_keyed_by_class_name(classes: list[str], keys: list[str]) -> None:
+    assert evaluation.class_keys(classes, 2) == keys
+
+
+def test_every_table_metric_is_offered_and_gated() -> None:
+    """--metrics lists the table's names; every number a metric adds but its spread is a --fail-if gate."""
+    result = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "300"})
+    assert all(name in result.stdout for name in evaluation.METRICS), result.stdout
+    assert set(evaluation.GATE_METRICS) == {k for m in evaluation.METRICS.values() for k in m.keys if not k.endswith("_std")}
+    with pytest.raises(UsageError, match="choose from: " + ", ".join(evaluation.METRICS)):
+        evaluation.choose_metrics(evaluation.EvalRequest(metrics=["speed"]), None)
 
 
 def test_gate_failure_exits_3_and_passing_exits_0(eval_runs: dict[str, Path]) -> None:
@@ -202,6 +231,16 @@ def test_real_floor_and_image_folder(eval_runs: dict[str, Path], tmp_path: Path)
     assert run_cli("sample", "-c", str(eval_runs["dcgan"]), "--n", "12", "--out", str(tmp_path / "pngs"))[0] == 0
     code, out = run_cli("eval", "--images", str(tmp_path / "pngs"), "--data", "fashion-mnist", "--data-dir", str(eval_runs["root"]), "--metrics", "fid,kid", "--json")
     assert code == 0 and json.loads(out)["protocol"]["n_generated"] == 12
+
+
+@pytest.mark.parametrize("key", ["arr_0", "images"])  # genai's npz layout, and older genai files'
+def test_eval_images_reads_genais_npz(eval_runs: dict[str, Path], tmp_path: Path, key: str) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 1), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "s.npz", **{key: pixels}, labels=np.arange(12) % 10)
+    code, out = run_cli("eval", "--images", str(tmp_path / "s.npz"), "--data", "fashion-mnist", "--data-dir",
+                        str(eval_runs["root"]), "--metrics", "fid,kid", "--json")
+    assert code == 0 and json.loads(out)["protocol"]["n_generated"] == 12
+    assert json.loads(out)["protocol"]["candidates"] == f"images in {tmp_path / 's.npz'}"
 
 
 def test_json_output_writes_non_finite_numbers_as_null() -> None:
