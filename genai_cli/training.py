@@ -1,5 +1,10 @@
 """The one training loop for every family: setup -> steps -> checkpoints -> result.
 
+`train` is the entry point: `plan_run` resolves flags (and a resumed checkpoint) into a `Plan`,
+`start_session` builds the model and its objective and claims the run directory, `train_session`
+runs `run_steps` and writes what a finished run holds. Everything about a family (losses, optimisers,
+sample grids, health checks) comes from its objective.
+
 Determinism is by construction, so `--resume` continues bit-for-bit on CPU: batch order
 is a function of (seed, epoch), all other randomness comes from the global RNGs whose
 states are saved with every checkpoint, and nothing in the loop depends on the total
@@ -22,7 +27,7 @@ from typing import Any
 
 import torch
 
-from genai_cli import __version__, console, distributed, pairs, plots, report, resources, rundir, sampling, tboard
+from genai_cli import __version__, console, distributed, pairs, plots, report, resources, rundir, tboard
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
 from genai_cli.config import Config, validate_model, validate_train
@@ -35,6 +40,7 @@ from genai_cli.models.blocks import NORMS
 from genai_cli.objectives import (
     Health,
     Objective,
+    SampleGrid,
     check_gan_loss,
     choose,
     lr_factor,
@@ -43,8 +49,6 @@ from genai_cli.objectives import (
 )
 from genai_cli.runtime import describe, pick_device, seed_everything
 
-SAMPLE_GRID_SIZE = 64
-SAMPLE_PAIRS = 8  # rows of input | output | target in a translating model's grids
 # Flags that may change when a run is resumed; anything else would change the maths.
 RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "train.sample_every",
              "train.save_every", "train.lr", "train.lr_d", "train.lr_decay_start", "data.data_dir"}
@@ -433,12 +437,12 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
     length = "as many steps as --max-time allows" if session.budgeted else f"{session.total_steps} steps"
     console.info(f"run directory {run_dir}; {length} of batch {cfg.train.batch_size}"
                  + (f", resuming at step {session.step}" if resumed else ""))
-    fixed_z, fixed_labels, per_row = fixed_sample_inputs(session)
+    grid = session.objective.sample_grid(session.source)  # the same inputs at every step
     started = time.perf_counter()
     start_step = session.step
     try:
         with StopRequest() as stop, console.step_progress(session.total_steps, session.step) as progress:
-            final_losses = run_steps(session, stop, progress, fixed_z, fixed_labels, per_row)
+            final_losses = run_steps(session, stop, progress, grid)
     except Interrupted:  # its checkpoint is saved: summarise what the run holds, then stop
         if main:
             write_summaries(session)
@@ -447,7 +451,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
     session.objective.finish(session.source)
     model_path = session.save()
     if main:
-        write_sample_grid(session, fixed_z, fixed_labels, per_row)
+        write_sample_grid(session, grid)
         for name, png in session.objective.extra_pictures(session.source, cfg.train.seed).items():
             atomic_write(run_dir / name, png)
         write_summaries(session)
@@ -461,8 +465,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
     )
 
 
-def run_steps(session: Session, stop: StopRequest, progress: console.StepProgress,
-              fixed_z: torch.Tensor, fixed_labels: torch.Tensor | None, per_row: int) -> dict[str, float]:
+def run_steps(session: Session, stop: StopRequest, progress: console.StepProgress, grid: SampleGrid) -> dict[str, float]:
     cfg = session.config.train
     sums: dict[str, torch.Tensor] = {}
     last: dict[str, float] = {}
@@ -490,7 +493,7 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
                 last = log_window(session, progress, sums, window_steps, time.perf_counter() - window_start)
                 sums, window_steps, window_start = {}, 0, time.perf_counter()
             if step % cfg.sample_every == 0 and world.is_main:
-                write_sample_grid(session, fixed_z, fixed_labels, per_row)
+                write_sample_grid(session, grid)
             if signalled:
                 session.save()
                 stop.raise_if_requested(session.run_dir, step)
@@ -576,30 +579,10 @@ def log_window(session: Session, progress: console.StepProgress, sums: dict[str,
 # ---------------------------------------------------------------- pictures
 
 
-def fixed_sample_inputs(session: Session) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """The same latents (and a per-class layout, row k = class k) for every grid of a run; for a
-    translating model the first pairs' inputs, and their targets in the labels' place."""
-    if isinstance(session.source, pairs.PairedSource):
-        n = min(SAMPLE_PAIRS, len(session.source))
-        return prepare_batch(session.source.inputs[:n]), session.source.images[:n], 3
-    classes = session.model.config.num_classes
-    n = 10 * classes if session.model.conditional else SAMPLE_GRID_SIZE
-    z = sampling.latents(list(range(n)), session.model.latent_dim)
-    if session.model.conditional:
-        labels, per_row = sampling.class_rows(n, classes)
-        return z, labels, per_row
-    return z, None, math.isqrt(n)
-
-
-def write_sample_grid(session: Session, z: torch.Tensor, labels: torch.Tensor | None, per_row: int) -> None:
-    model = session.objective.sampling_model()
-    path = session.run_dir / "samples" / f"step_{session.step:06d}.png"
-    if model.translates:  # rows of input | output | target
-        outputs = sampling.generate(model, z, None, session.device)
-        pixels = sampling.translation_grid(imgs.to_uint8(z.cpu()), outputs, labels)
-    else:
-        pixels = imgs.grid(sampling.generate(model, z, labels, session.device), per_row)
-    atomic_write(path, imgs.png_bytes(pixels))
+def write_sample_grid(session: Session, grid: SampleGrid) -> None:
+    """samples/step_NNNNNN.png (and TensorBoard's image), drawn by the model users would sample at this step."""
+    pixels = grid(session.objective.sampling_model(), session.device)
+    atomic_write(session.run_dir / "samples" / f"step_{session.step:06d}.png", imgs.png_bytes(pixels))
     if session.tensorboard:
         session.tensorboard.grid(session.step, pixels)
 

@@ -1,8 +1,9 @@
-"""The two shapes a model takes, and the spec that registers a family.
+"""The shapes a model takes, and the spec that registers a family.
 
-Every family is either adversarial (a generator and a discriminator) or variational (an
-encoder and a decoder); both expose `generate(z, labels)` -> images in [-1, 1], which is
-all that sampling and export need.
+Every family is adversarial (a generator and a discriminator), variational (an encoder and a
+decoder) or translating (pix2pix: a generator from an input image); each exposes `generate` on
+its `input_names` (latents and labels, or an input image) -> images in [-1, 1], which is all that
+sampling and export need.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from genai_cli.config import ModelConfig
 
 
 class GenerativeModel(nn.Module):
-    """Base of every family: a config and a way to turn latents (and labels) into images."""
+    """Base of every family: a config and a way to turn its inputs (latents and labels, or an image) into images."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

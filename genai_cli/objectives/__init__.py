@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from genai_cli.distributed import SINGLE_PROCESS
 from genai_cli.errors import UsageError
 from genai_cli.objectives import adversarial, elbo, pix2pix, wgan_gp
-from genai_cli.objectives.base import EMA, Health, Objective, ObjectiveSpec, lr_factor, set_learning_rates
+from genai_cli.objectives.base import EMA, Health, Objective, ObjectiveSpec, SampleGrid, lr_factor, set_learning_rates
 from genai_cli.registry import Registry
 
 if TYPE_CHECKING:
@@ -52,5 +52,5 @@ def make_objective(model: GenerativeModel, train: TrainConfig, device: torch.dev
     return choose(type(model), train.gan_loss).build(model, train, device, world)
 
 
-__all__ = ["OBJECTIVES", "EMA", "Health", "Objective", "ObjectiveSpec", "check_gan_loss", "choose", "gan_losses",
+__all__ = ["OBJECTIVES", "EMA", "Health", "Objective", "ObjectiveSpec", "SampleGrid", "check_gan_loss", "choose", "gan_losses",
            "lr_factor", "make_objective", "set_learning_rates"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from genai_cli.distributed import global_slice, wrap
 from genai_cli.models import AdversarialModel, GenerativeModel
-from genai_cli.objectives.base import EMA, Health, Losses, ObjectiveSpec, adam
+from genai_cli.objectives.base import EMA, Health, Losses, ObjectiveSpec, SampleGrid, adam, noise_grid
 from genai_cli.runtime import autocast
 
 if TYPE_CHECKING:
@@ -97,6 +97,9 @@ class AdversarialObjective:
         if self.ema is None:
             return self.model
         return AdversarialModel(self.model.config, self.ema.shadow, self.model.discriminator)
+
+    def sample_grid(self, source: ImageSource) -> SampleGrid:
+        return noise_grid(self.model)
 
     def extra_pictures(self, source: ImageSource, seed: int) -> dict[str, bytes]:
         return {}

@@ -2,8 +2,8 @@
 
 The training loop, checkpoints and run directory ask an objective, never a model's type or a
 loss's name: what one step does, which optimisers and moving average it keeps (saved and
-restored by name), which model users sample, which losses are plotted, which loss signals that
-training has stopped learning, and which pictures it adds to the run. A step takes a batch of
+restored by name), which model users sample, what the run's sample grids show, which losses are
+plotted, which loss signals that training has stopped learning, and which pictures it adds to the run. A step takes a batch of
 real images in [-1, 1] (and labels) and returns its losses as detached device tensors; the loop
 averages them and reads them back only at log time, so no step waits for the device.
 """
@@ -11,11 +11,15 @@ averages them and reads them back only at log time, so no step waits for the dev
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
+import numpy as np
 import torch
 
+from genai_cli import images as imgs
+from genai_cli import sampling
 from genai_cli.models import GenerativeModel
 
 if TYPE_CHECKING:
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
     from genai_cli.distributed import World
 
 Losses = dict[str, torch.Tensor]
+SampleGrid = Callable[[GenerativeModel, torch.device], np.ndarray]  # the model of this step -> the run's grid (H×W×C uint8)
+SAMPLE_GRID_SIZE = 64  # images in an unconditional model's grid (8x8)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,10 @@ class Objective(Protocol):
         """Work once training ends, before the last checkpoint (the VAE fits its prior)."""
         ...
 
+    def sample_grid(self, source: ImageSource) -> SampleGrid:
+        """What samples/step_*.png shows, from the same inputs at every step of a run."""
+        ...
+
     def extra_pictures(self, source: ImageSource, seed: int) -> dict[str, bytes]:
         """PNG files (name -> bytes) written to the run directory beside the sample grid."""
         ...
@@ -79,6 +89,16 @@ class ObjectiveSpec:
     def loss_keys(self) -> tuple[str, ...]:
         """The losses its objective logs and plots, known before any model exists (a report reads a finished run)."""
         return getattr(self.build, "loss_keys", ())
+
+
+def noise_grid(model: GenerativeModel) -> SampleGrid:
+    """A model that samples from noise: the latents of seeds 0.. (64 in an 8x8 grid, or for a
+    conditional model 10 per class, row k class k)."""
+    classes = model.config.num_classes
+    n = 10 * classes if model.conditional else SAMPLE_GRID_SIZE
+    z = sampling.latents(list(range(n)), model.latent_dim)
+    labels, per_row = sampling.class_rows(n, classes) if model.conditional else (None, math.isqrt(n))
+    return lambda sampled, device: imgs.grid(sampling.generate(sampled, z, labels, device), per_row)
 
 
 def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:

@@ -11,7 +11,7 @@ from torch import nn
 from genai_cli import images as imgs
 from genai_cli.distributed import global_slice, wrap
 from genai_cli.models import GenerativeModel, VariationalModel
-from genai_cli.objectives.base import Health, Losses, ObjectiveSpec, adam
+from genai_cli.objectives.base import Health, Losses, ObjectiveSpec, SampleGrid, adam, noise_grid
 from genai_cli.runtime import autocast
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class ELBOObjective:
             return
         means, variances = posterior_moments(self.model, source, self.device, batch)
         prior.fit(means, variances)
+
+    def sample_grid(self, source: ImageSource) -> SampleGrid:
+        return noise_grid(self.model)
 
     def extra_pictures(self, source: ImageSource, seed: int, rows: int = 4, per_row: int = 8) -> dict[str, bytes]:
         """reconstructions.png: the first images of the first batch on top, their reconstructions below,

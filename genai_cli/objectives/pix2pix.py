@@ -15,12 +15,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genai_cli import sampling
+from genai_cli.data import ImageSource
 from genai_cli.models.pix2pix import TranslationModel
 from genai_cli.objectives.adversarial import AdversarialObjective
-from genai_cli.objectives.base import Losses, ObjectiveSpec
+from genai_cli.objectives.base import Losses, ObjectiveSpec, SampleGrid
+from genai_cli.pairs import PairedSource
 from genai_cli.runtime import autocast
 
 L1_WEIGHT = 100.0
+SAMPLE_PAIRS = 8  # rows of input | output | target in the run's sample grids
 
 
 class Pix2PixObjective(AdversarialObjective):
@@ -47,6 +51,13 @@ class Pix2PixObjective(AdversarialObjective):
             "d_real": torch.sigmoid(d_real.detach().float()).mean(),
             "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
         }
+
+    def sample_grid(self, source: ImageSource) -> SampleGrid:
+        """The first pairs' inputs, translated, between the inputs and their targets."""
+        assert isinstance(source, PairedSource)
+        n = min(SAMPLE_PAIRS, len(source))
+        inputs, targets = source.inputs[:n], source.images[:n]
+        return lambda model, device: sampling.translation_grid(inputs, sampling.translate(model, inputs, device), targets)
 
     def d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
         return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # BCE-with-logits: real 1, fake 0
