@@ -291,7 +291,7 @@ def _load_registered(
 ) -> InMemorySource:
     key = normalise_name(name)
     spec, roots = DATASETS.get(key), resolve_data_roots(data_dir)
-    files = _split_files(spec, split)
+    files = spec.format.split_files(split)
     paths = _locate(key, spec, roots, files)
     if paths is None:
         outcome = _try_download(spec, roots[0], split, download)
@@ -312,10 +312,6 @@ def _load_registered(
     return InMemorySource(
         key, classes, images.shape[1], images.shape[-1], str(paths[0].parent), labels, images
     )
-
-
-def _split_files(spec: DatasetSpec, split: str) -> list[str]:
-    return spec.format.split_files(split)
 
 
 def _data_folder(spec: DatasetSpec, root: Path) -> Path:
@@ -353,7 +349,7 @@ def _import_debian(
     torchvision's md5 check would reject the .gz files and try the network."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        for name in _split_files(spec, "train") + _split_files(spec, "test"):
+        for name in spec.format.split_files("train") + spec.format.split_files("test"):
             if (path := _find(source, name)) is not None:
                 tmp = dest / f".{name}.tmp"
                 tmp.write_bytes(_read_bytes(path))
@@ -396,9 +392,9 @@ def _not_found_message(
 ) -> str:
     where = _data_folder(spec, roots[0])
     other = "test" if split == "train" else "train"
-    wanted = ", ".join(f"{f}[.gz]" if spec.format.gzipped else f for f in _split_files(spec, split))
+    wanted = ", ".join(f"{f}[.gz]" if spec.format.gzipped else f for f in spec.format.split_files(split))
     for root in roots:
-        if _find_all(_data_folder(spec, root), _split_files(spec, other)):
+        if _find_all(_data_folder(spec, root), spec.format.split_files(other)):
             return (
                 f"{key} has no {split} split in {_data_folder(spec, root)} (only the {other} "
                 f"files are there); use --split {other}, or put {wanted} in that folder"

@@ -106,7 +106,6 @@ class Candidates:
     images: torch.Tensor  # uint8 N×C×H×W
     labels: torch.Tensor | None  # asked-for classes (conditional models) or true labels
     description: str
-    model: GenerativeModel | None = None
 
 
 @dataclass
@@ -254,11 +253,11 @@ def gather_candidates(req: EvalRequest, model: GenerativeModel | None, dataset: 
         n = min(req.n, len(reference))
         outputs = sampling.translate(model, reference.inputs[:n], device)
         return Candidates(outputs, None, f"translations of the first {n} {reference.pairs} inputs of {dataset} "
-                          f"{req.split}", model)
+                          f"{req.split}")
     seeds = list(range(req.seed, req.seed + req.n))
     labels = torch.arange(req.n) % model.config.num_classes if model.conditional else None
     images = sampling.generate(model, sampling.latents(seeds, model.latent_dim), labels, device)
-    return Candidates(images, labels, f"{req.n} samples of {model.config.kind} (seeds {seeds[0]}-{seeds[-1]})", model)
+    return Candidates(images, labels, f"{req.n} samples of {model.config.kind} (seeds {seeds[0]}-{seeds[-1]})")
 
 
 def real_features(s: Scoring, extractor: feats.Extractor) -> torch.Tensor:

@@ -298,7 +298,7 @@ def info_path(path: Path) -> None:
     summary = result_or_genai_error(info.describe, str(path))
     if summary is not None:
         info.info_text(summary).encode("utf-8")  # stdout is strict UTF-8: no lone surrogates
-        json.dumps(json_safe(info), sort_keys=True, allow_nan=False)
+        json.dumps(json_safe(summary), sort_keys=True, allow_nan=False)
 
 
 def check_readers(data: bytes, folder: Path) -> None:
