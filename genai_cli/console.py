@@ -101,8 +101,8 @@ def eval_table(result: dict[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result["metrics"].items():
-        if isinstance(value, dict):  # per class, by name: names come from files, so no markup and escaped
-            value = Text(", ".join(f"{printable(k)} {v:.3f}" for k, v in value.items()))
+        if isinstance(value, dict):  # per class, a line each: names come from files, so no markup and escaped
+            value = Text("\n".join(f"{printable(k)} {v:.3f}" for k, v in value.items()))
         elif isinstance(value, float):
             value = f"{value:.4g}" if math.isfinite(value) else "n/a"
         table.add_row(name, value if isinstance(value, Text) else str(value))
