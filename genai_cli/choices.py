@@ -16,6 +16,7 @@ NORMS = ("batch", "group", "none")  # genai_cli.models.blocks.NORMS
 PRIORS = ("fitted", "standard")  # the families' fitted prior, and N(0, I)
 PAIRS = ("folder", "edges", "masked", "downsampled")  # genai_cli.pairs.PAIRS
 DIRECTIONS = ("AtoB", "BtoA")  # genai_cli.pairs.DIRECTIONS
+METRICS = ("fid", "kid", "is", "pr", "dc", "acc", "nll", "paired")  # genai_cli.evaluation.METRICS
 FEATURES = ("classifier", "inception")  # genai_cli.evaluation: the extractors `eval --features` picks
 EXPORT_FORMATS = ("onnx", "pt2", "safetensors")  # genai_cli.export.FORMATS
 DTYPES = ("float32", "float16", "bfloat16")  # genai_cli.export.DTYPES

@@ -292,11 +292,11 @@ def renamed(old: str, new: str, old_value: Any, new_value: Any, why: str) -> Any
 def evaluate(
     checkpoint: Checkpoint = None,
     n: Annotated[int, typer.Option("--n", "-n", metavar="N", help="Generated (and at most as many real reference) images.")] = 10_000,
-    metrics: Annotated[Optional[str], typer.Option(metavar="LIST", help="Comma list of fid, kid, is, pr, dc, acc, nll, paired (pix2pix: l1, psnr, ssim). \\[default: all that apply]")] = None,
+    metrics: Annotated[Optional[str], typer.Option(metavar="LIST", help=f"Comma list of {', '.join(choices.METRICS)} (pix2pix: l1, psnr, ssim). \\[default: all that apply]")] = None,
     features: Annotated[str, choice(choices.FEATURES, "--features", help="classifier (fast, genai's per-dataset CNN) or inception (the FID network).")] = "classifier",
     inception_weights: Annotated[Optional[str], typer.Option(metavar="FILE", help="FID Inception file (else $GENAI_INCEPTION_WEIGHTS, the caches, a download).")] = None,
     real: Annotated[bool, typer.Option("--real", help="Score the train split instead of a model: the real-data floor.")] = False,
-    images: Annotated[Optional[str], typer.Option(metavar="PATH", help="Score a folder of images instead of a model.")] = None,
+    images: Annotated[Optional[str], typer.Option(metavar="PATH", help="Score a folder of images, or an .npz of them, instead of a model.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", metavar="NAME|DIR", autocompletion=complete_from(choices.DATASETS), help=f"Reference: {DATA_HELP} \\[default: the checkpoint's]")] = None,
     data_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="Dataset root.")] = None,
     split: Annotated[str, typer.Option(help="Reference split.")] = "test",
@@ -367,12 +367,12 @@ def export_command(
     "genai info slim/",
 ))
 def info_command(
-    path: Annotated[Optional[str], typer.Argument(metavar="PATH", help="Run directory, model.safetensors, training_state.safetensors or slim export folder. \\[default: runs/latest]")] = None,
+    path: Annotated[Optional[str], typer.Argument(metavar="PATH", help="Run directory, model.safetensors, training_state.safetensors, slim export folder, or an .onnx/.pt2 export. \\[default: runs/latest]")] = None,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Describe a checkpoint from its header alone: kind, config, step, dataset, parameters, sha256."""
+    """Describe a checkpoint or export from its metadata alone: kind, config, step, dataset, parameters, sha256."""
     with reporting_errors(quiet, debug):
         check_paths({"PATH": path})
         from genai_cli import info

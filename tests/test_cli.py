@@ -402,6 +402,7 @@ def registry_names() -> dict[str, set[str]]:
         "PRIORS": {"standard"} | {MODELS.get(name).prior for name in MODELS.names()} - {None},
         "PAIRS": set(pairs.PAIRS), "DIRECTIONS": set(pairs.DIRECTIONS),
         "FEATURES": {name for name in choices.FEATURES if repr(name) in str(features.value)},
+        "METRICS": set(evaluation.METRICS),
         "EXPORT_FORMATS": set(export.FORMATS), "DTYPES": set(export.DTYPES), "DEVICES": set(runtime.DEVICE_CHOICES),
     }
 

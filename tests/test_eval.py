@@ -231,6 +231,9 @@ def test_real_floor_and_image_folder(eval_runs: dict[str, Path], tmp_path: Path)
     assert run_cli("sample", "-c", str(eval_runs["dcgan"]), "--n", "12", "--out", str(tmp_path / "pngs"))[0] == 0
     code, out = run_cli("eval", "--images", str(tmp_path / "pngs"), "--data", "fashion-mnist", "--data-dir", str(eval_runs["root"]), "--metrics", "fid,kid", "--json")
     assert code == 0 and json.loads(out)["protocol"]["n_generated"] == 12
+    assert run_cli("sample", "-c", str(eval_runs["dcgan"]), "--n", "12", "--out", str(tmp_path / "s.npz"))[0] == 0
+    code, out = run_cli("eval", "--images", str(tmp_path / "s.npz"), "--data", "fashion-mnist", "--data-dir", str(eval_runs["root"]), "--metrics", "fid", "--json")
+    assert code == 0 and json.loads(out)["protocol"]["n_generated"] == 12  # `genai sample`'s npz (arr_0)
 
 
 @pytest.mark.parametrize("key", ["arr_0", "images"])  # genai's npz layout, and older genai files'

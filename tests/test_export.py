@@ -309,6 +309,19 @@ def test_info_reads_genai_exports_like_checkpoints(runs, fmt: str, tmp_path: Pat
         assert fragment in text.stdout
 
 
+def test_info_reads_an_older_export_without_epoch_device_or_parameters(runs, tmp_path: Path):
+    model, loaded = ck.load_model(str(runs["cgan"]), torch.device("cpu"))
+    meta = export.export_metadata(model, loaded, unit_range=False)
+    for key in ("genai.epoch", "genai.device", "genai.parameters"):
+        del meta[key]
+    with zipfile.ZipFile(tmp_path / "old.pt2", "w") as archive:
+        archive.writestr("old/extra/genai.json", json.dumps(meta))
+    got = ok_json(invoke("info", tmp_path / "old.pt2", "--json"))
+    assert got["kind"] == "cgan" and (got["epoch"], got["device"], got["parameters"]) == (None, None, None)
+    text = invoke("info", tmp_path / "old.pt2")
+    assert text.exit_code == 0 and "not recorded" in text.stdout and "epoch" not in text.stdout
+
+
 def test_info_refuses_foreign_and_damaged_files(runs, tmp_path: Path):
     save_file({"w": torch.zeros(3)}, tmp_path / "foreign.safetensors")
     one_line_error(invoke("info", tmp_path / "foreign.safetensors"), 1, "not a genai checkpoint")
