@@ -224,7 +224,8 @@ def interpolation_section(model_path: Path, config: Config) -> str:
     labels = torch.zeros(INTERPOLATION_FRAMES, dtype=torch.long) if model.conditional else None
     strip = images.png_bytes(images.grid(sampling.generate(model, z, labels, torch.device("cpu")), INTERPOLATION_FRAMES))
     of_class = f", class {config.data.classes[0]}" if model.conditional and config.data.classes else ""
-    caption = f"seed 0 → seed 1, {INTERPOLATION_FRAMES} frames{of_class} (genai sample --interpolate 0 1 --steps {INTERPOLATION_FRAMES})"
+    class_flag = " --class 0" if model.conditional else ""
+    caption = f"seed 0 → seed 1, {INTERPOLATION_FRAMES} frames{of_class} (genai sample --interpolate 0 1 --frames {INTERPOLATION_FRAMES}{class_flag})"
     return f"<h2>Interpolation</h2>{figure(strip, caption, display=720)}"
 
 
