@@ -48,5 +48,5 @@ SPEC = ModelSpec(
     name="dcgan",
     build=build,
     description="deep convolutional GAN (Radford et al. 2015)",
-    short_budget=(300.0, {"train.batch_size": 32, "train.lr": 5e-4}),
+    short_budget=(300.0, {"train.batch_size": 32, "train.lr": 2e-3}),
 )
