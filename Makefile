@@ -42,10 +42,12 @@ bench: setup
 	$(BIN)/python benchmarks/bench_throughput.py
 	$(BIN)/python benchmarks/bench_crash.py --kills 25 --json
 
-# Hours of CPU (minutes on a GPU): sample quality per family, and DCGAN time to a fixed FID.
+# Hours of CPU (minutes on a GPU): sample quality per family, DCGAN time to a fixed FID, and
+# pix2pix against its U-Net on L1 alone (edges and masked Fashion-MNIST, equal CPU time).
 bench-quality: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/bench_quality.sh
 	$(BIN)/python benchmarks/bench_time_to_quality.py
+	$(BIN)/python benchmarks/bench_pix2pix.py --task edges --task masked
 
 lint: setup
 	$(BIN)/ruff check genai_cli tests benchmarks
