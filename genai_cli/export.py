@@ -72,41 +72,37 @@ class ExportRequest:
 # ---------------------------------------------------------------- the exported function
 
 
-class UnconditionalImages(nn.Module):
-    """forward(z) -> image: the signature, and so the graph's input names, of an export."""
+class ExportedImages(nn.Module):
+    """The generating half, its output optionally moved to [0, 1]. Each subclass's `forward`
+    signature names the graph's inputs, so the signatures differ and nothing else does."""
 
     def __init__(self, net: nn.Module, unit_range: bool) -> None:
         super().__init__()
         self.net, self.unit_range = net, unit_range
+
+    def scaled(self, image: torch.Tensor) -> torch.Tensor:
+        return image * 0.5 + 0.5 if self.unit_range else image
+
+
+class UnconditionalImages(ExportedImages):
+    """forward(z) -> image."""
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        image = self.net(z)
-        return image * 0.5 + 0.5 if self.unit_range else image
+        return self.scaled(self.net(z))
 
 
-class ConditionalImages(nn.Module):
+class ConditionalImages(ExportedImages):
     """forward(z, label) -> image, label an int64 class index per image."""
 
-    def __init__(self, net: nn.Module, unit_range: bool) -> None:
-        super().__init__()
-        self.net, self.unit_range = net, unit_range
-
     def forward(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        image = self.net(z, label)
-        return image * 0.5 + 0.5 if self.unit_range else image
+        return self.scaled(self.net(z, label))
 
 
-class TranslatedImages(nn.Module):
-    """forward(input) -> image, for models that translate an input image (pix2pix), both in [-1, 1]; the
-    graph's output is already called `image`."""
-
-    def __init__(self, net: nn.Module, unit_range: bool) -> None:
-        super().__init__()
-        self.net, self.unit_range = net, unit_range
+class TranslatedImages(ExportedImages):
+    """forward(input) -> image, for models that translate an input image (pix2pix), both in [-1, 1]."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        image = self.net(input)
-        return image * 0.5 + 0.5 if self.unit_range else image
+        return self.scaled(self.net(input))
 
 
 def exported_module(model: GenerativeModel, unit_range: bool = False) -> nn.Module:
