@@ -154,7 +154,7 @@ def train(
     direction: Annotated[Optional[str], choice(choices.DIRECTIONS, "--direction", help=f"pix2pix: AtoB (A is the input) or BtoA. \\[default: {_D.direction}]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Passes over the data. \\[default: {_T.epochs}]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Total optimisation steps (overrides --epochs).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help=f"Images per step, all processes together. \\[default: {_T.batch_size}]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Images per step, all processes together. \\[default: 128; pix2pix 16]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate. \\[default: 2e-4 for GANs, 1e-3 for VAEs]")] = None,
     lr_d: Annotated[Optional[float], typer.Option(help="Discriminator learning rate (TTUR). \\[default: --lr]")] = None,
     lr_decay_start: Annotated[Optional[float], typer.Option(help="Fraction of the run after which the learning rate falls linearly to 0 (1: constant). \\[default: the family's]")] = None,

@@ -53,7 +53,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 5
     steps: int | None = None  # total optimisation steps; overrides epochs when set
-    batch_size: int = 128
+    batch_size: int | None = None  # images per step, all processes together; family default (128)
     lr: float | None = None  # family default
     lr_d: float | None = None  # discriminator lr (TTUR); defaults to lr
     lr_decay_start: float | None = None  # fraction of the run after which lr falls linearly to 0; 1 = constant

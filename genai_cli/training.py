@@ -114,6 +114,7 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     data.classes = list(source.classes)
     objective = choose(spec.shape, train.gan_loss)  # its paper's rates beat the family's
     train.lr = (objective.lr or spec.lr) if train.lr is None else train.lr
+    train.batch_size = spec.batch_size if train.batch_size is None else train.batch_size
     train.lr_decay_start = spec.lr_decay_start if train.lr_decay_start is None else train.lr_decay_start
     train.beta1 = (spec.beta1 if objective.beta1 is None else objective.beta1) if train.beta1 is None else train.beta1
     train.beta2 = train.beta2 if objective.beta2 is None else objective.beta2

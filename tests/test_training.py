@@ -22,6 +22,7 @@ from genai_cli import checkpoint as ckpt
 from genai_cli import training
 from genai_cli.config import parse_duration
 from genai_cli.errors import CheckpointError, ExitCode, TrainingDiverged, UsageError
+from genai_cli.models import MODELS
 from genai_cli.objectives.adversarial import COLLAPSE
 from genai_cli.objectives.elbo import ELBOObjective
 
@@ -56,6 +57,16 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 def metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", MODELS.names())
+def test_each_family_trains_at_its_own_batch_size_unless_told(tmp_path: Path, kind: str) -> None:
+    """pix2pix's 16 is not the GANs' 128; a --batch-size given wins, and the checkpoint records the one used."""
+    write_idx(tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte", np.zeros((160, 28, 28), np.uint8))
+    write_idx(tmp_path / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte", np.arange(160) % 4)
+    given = {**flags(tmp_path, kind), "train.batch_size": None}
+    assert training.resolve(given).train.batch_size == MODELS.get(kind).batch_size
+    assert training.resolve({**given, "train.batch_size": 8}).train.batch_size == 8
 
 
 @pytest.mark.parametrize("kind", ["gan", "dcgan", "cgan"])

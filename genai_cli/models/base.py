@@ -83,6 +83,7 @@ class ModelSpec:
     shape: type[GenerativeModel] = AdversarialModel  # what build returns: it picks the objective before any model exists
     conditional: bool = False
     latent_dim: int = 100
+    batch_size: int = 128
     lr: float = 2e-4
     lr_decay_start: float = 1.0  # fraction of the run after which the rate falls linearly to 0
     beta1: float = 0.5
