@@ -162,7 +162,7 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     if stats is None or translates or any(METRICS[m].images for m in asked):  # statistics alone stand in for features
         reference = (pairs.load_like(loaded.config, dataset, data_dir, req.split) if translates and loaded else
                      load_dataset(dataset, data_dir=data_dir, split=req.split, channels=shape[0], image_size=shape[1]))
-    if "acc" in asked:
+    if {"acc", "cas"} & set(asked):
         check_classes(loaded, reference, dataset)
     candidates = gather_candidates(req, model, dataset, data_dir, shape, device, reference)
     n_real = stats.n if stats is not None else min(req.n, len(reference))
@@ -286,7 +286,7 @@ def choose_metrics(req: EvalRequest, model: GenerativeModel | None) -> tuple[lis
     """(the metrics to compute, what each of the others needs that this eval does not have)."""
     unavailable = {m.name: m.needs for m in METRICS.values() if not m.applies(model)}
     if req.metrics is None:
-        return [name for name in METRICS if name not in unavailable], unavailable
+        return [name for name, m in METRICS.items() if m.default and name not in unavailable], unavailable
     for name in req.metrics:
         if name not in METRICS:
             raise UsageError(f"unknown metric {name!r}; choose from: {', '.join(METRICS)}")
@@ -416,6 +416,27 @@ def class_metrics(s: Scoring) -> dict[str, Any]:
     }
 
 
+def classification_accuracy_score(s: Scoring) -> dict[str, Any]:
+    """Ravuri & Vinyals 2019: does a classifier learn the real classes from samples alone? genai's
+    classifier recipe trained on as many generated images as the judge saw real ones (classes in
+    turn, seeds --seed..), tested on the reference split, beside the judge (trained on the real
+    train split) on the same images. Samples that look right but lack the data's variety score low."""
+    assert s.model is not None and s.reference is not None
+    judge, info = load_judge(s.dataset, s.data_dir, s.shape, s.device)
+    n, num_classes = info["train_images"], len(info["per_class_accuracy"])
+    check_range("--seed", s.req.seed + n - 1)
+    labels = torch.arange(n) % num_classes
+    console.info(f"classification accuracy score: a classifier on {n} samples of {s.model.config.kind}")
+    images = sampling.generate(s.model, sampling.latents(range(s.req.seed, s.req.seed + n), s.model.latent_dim),
+                               labels, s.device)
+    net = feats.train_classifier(images, labels, num_classes, s.device)
+    test_x, test_y = s.reference.all_images(), s.reference.all_labels()
+    _, real_logits = judge(test_x)
+    assert real_logits is not None and test_y is not None
+    return {"cas": float((feats.predict(net, test_x, s.device) == test_y).float().mean()),
+            "cas_real": float((real_logits.argmax(1) == test_y).float().mean())}
+
+
 def class_keys(classes: list[str], num_classes: int) -> list[str]:
     """The dataset's class names, or "0", "1", ... where it has none (or not one each)."""
     return list(classes) if len(set(classes)) == num_classes == len(classes) else [str(k) for k in range(num_classes)]
@@ -479,6 +500,7 @@ class Metric:
     images: bool = False  # reads the reference's images (or labels), which --ref-stats does not replace
     stats: bool = False  # computable with --ref-stats (the reference's feature mean and covariance alone)
     protocol: Callable[[Scoring], dict[str, Any]] | None = None  # how it was computed, stated beside the numbers
+    default: bool = True  # computed when --metrics is not given; False for one that costs minutes
 
     @property
     def gates(self) -> tuple[str, ...]:
@@ -504,6 +526,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("dc", ("density", "coverage"), density_coverage, _samples_noise, NOISE, protocol=lambda s: {"dc_k": metrics.DC_K}),
     Metric("acc", ("acc", "acc_ratio_min", "intra_fid"), class_metrics, lambda model: model is not None and model.conditional,
            "a conditional model (cgan, cvae)", images=True, stats=True),
+    Metric("cas", ("cas", "cas_real"), classification_accuracy_score, lambda model: model is not None and model.conditional,
+           "a conditional model (cgan, cvae)", features=False, images=True, default=False,
+           protocol=lambda s: {"cas": f"genai's classifier ({feats.CLASSIFIER_EPOCHS} epochs) trained on as many samples "
+                                      f"as {s.dataset} train has images, tested on {s.dataset} {s.req.split}"}),
     Metric("nll", ("elbo", "nll", "recon_mse"), likelihood, _model_has("nll"), "a VAE (vae, cvae)", features=False,
            images=True, stats=True),
     Metric("paired", ("l1", "psnr", "ssim"), paired, _model_has("paired"), "a translating model (pix2pix)",

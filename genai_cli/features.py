@@ -266,10 +266,15 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 @torch.no_grad()
+def predict(net: SmallCNN, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images -> the class each is judged to be, on the CPU."""
+    return torch.cat([net(images[s : s + 500].to(device).float() / 127.5 - 1)[1].argmax(1).cpu()
+                      for s in range(0, len(images), 500)])
+
+
 def per_class_accuracy(net: SmallCNN, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                        device: torch.device) -> list[float]:
-    preds = torch.cat([net(images[s : s + 500].to(device).float() / 127.5 - 1)[1].argmax(1).cpu()
-                       for s in range(0, len(images), 500)])
+    preds = predict(net, images, device)
     return [float((preds[labels == k] == k).float().mean()) if (labels == k).any() else float("nan")
             for k in range(num_classes)]
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_idx_dataset, tiny_train
+from idx import write_idx
 from scipy import linalg
 from typer.testing import CliRunner
 
 from genai_cli import evaluation, features, metrics
 from genai_cli.cli import app
+from genai_cli.data import load_dataset
 from genai_cli.errors import GenaiError, UsageError
 from genai_cli.fileio import file_sha256
 
@@ -405,3 +408,41 @@ def test_bad_ref_stats_are_one_line(eval_runs: dict[str, Path], tmp_path: Path, 
     np.savez(tmp_path / "bad.npz", **content)
     result = CliRunner().invoke(app, ["eval", "-c", str(eval_runs["dcgan"]), "--n", "30", "--ref-stats", str(tmp_path / "bad.npz")])
     assert result.exit_code == 2 and problem in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def bar_images(labels: torch.Tensor) -> torch.Tensor:
+    """Class k is a bright bar across rows 2k..2k+1 on a dark 28x28 image: trivially learnable."""
+    images = torch.zeros(len(labels), 1, 28, 28, dtype=torch.uint8)
+    for i, k in enumerate(labels.tolist()):
+        images[i, 0, 2 * k + 2 : 2 * k + 4, 3:25] = 255
+    return images
+
+
+@pytest.mark.parametrize("generator,expected", [("right class", (0.9, 1.0)), ("blind to the class", (0.0, 0.2))])
+def test_classification_accuracy_score_learns_the_classes_only_from_samples_of_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: str, expected: tuple[float, float]) -> None:
+    """CAS pairs each sample with the class it was asked for: a generator that draws that class teaches
+    the classes, one that ignores the label cannot (chance is 0.1)."""
+    for prefix, n in (("train", 1000), ("t10k", 200)):
+        labels = torch.arange(n) % 10
+        write_idx(tmp_path / "FashionMNIST" / "raw" / f"{prefix}-images-idx3-ubyte", bar_images(labels)[:, 0].numpy())
+        write_idx(tmp_path / "FashionMNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels.numpy().astype(np.uint8))
+    draw = bar_images if generator == "right class" else lambda labels: bar_images(torch.zeros_like(labels))
+    monkeypatch.setattr(evaluation.sampling, "generate", lambda model, z, labels, device: draw(labels))
+    model = SimpleNamespace(config=SimpleNamespace(kind="stub"), latent_dim=2, conditional=True)
+    reference = load_dataset("fashion-mnist", data_dir=str(tmp_path), split="test")
+    scoring = evaluation.Scoring(evaluation.EvalRequest(metrics=["cas"]), model, None, reference, 200, "fashion-mnist",
+                                 str(tmp_path), (1, 28), torch.device("cpu"))
+    result = evaluation.classification_accuracy_score(scoring)
+    assert expected[0] <= result["cas"] <= expected[1], result
+    assert result["cas_real"] > 0.9  # the judge, trained on the real bars, on the same test images
+
+
+def test_the_classification_accuracy_score_is_asked_for_not_default(eval_runs: dict[str, Path]) -> None:
+    """It trains a classifier on as many samples as the train split (minutes on a CPU): only on request."""
+    _, out = run_cli("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--json")
+    assert "cas" not in json.loads(out)["metrics"]
+    code, out = run_cli("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--metrics", "cas", "--json", "--fail-if", "cas<0")
+    assert code == 0 and 0 <= json.loads(out)["metrics"]["cas"] <= 1, out
+    code, _ = run_cli("eval", "-c", str(eval_runs["dcgan"]), "--n", "30", "--metrics", "cas")
+    assert code == 2  # an unconditional model has no classes to ask for
