@@ -263,7 +263,7 @@ class Session:
         ema = self.objective.ema.shadow if self.objective.ema else None
         ckpt.save_training_state(self.run_dir / ckpt.STATE_FILE, self.model, self.objective.optimizers,
                                  self.config, self.step, epoch, str(self.device), ema)
-        ckpt.save_model(model_path, self.objective.sampling_model(), self.config, self.step, epoch, str(self.device))
+        ckpt.save_model(model_path, self.objective.sampling_model(self.source), self.config, self.step, epoch, str(self.device))
         return model_path
 
     def diverged(self, what: str) -> TrainingDiverged:
@@ -582,7 +582,7 @@ def log_window(session: Session, progress: console.StepProgress, sums: dict[str,
 
 def write_sample_grid(session: Session, grid: SampleGrid) -> None:
     """samples/step_NNNNNN.png (and TensorBoard's image), drawn by the model users would sample at this step."""
-    pixels = grid(session.objective.sampling_model(), session.device)
+    pixels = grid(session.objective.sampling_model(session.source), session.device)
     atomic_write(session.run_dir / "samples" / f"step_{session.step:06d}.png", imgs.png_bytes(pixels))
     if session.tensorboard:
         session.tensorboard.grid(session.step, pixels)

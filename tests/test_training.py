@@ -284,4 +284,33 @@ def test_generator_moving_average_is_what_the_model_file_holds(bars_root: Path, 
     plain = training.train(flags(bars_root, "dcgan", **{"train.steps": 6, "train.ema": 0.0}), out=str(tmp_path / "plain"))
     model = load_file(Path(plain.run_dir) / ckpt.MODEL_FILE)
     state = load_file(Path(plain.run_dir) / ckpt.STATE_FILE)
-    assert all(torch.equal(model[k], state[f"model.{k}"]) for k in model) and not any(k.startswith("ema.") for k in state)
+    measured = {k for k in model if k.startswith("generator.") and k.endswith(("running_mean", "running_var"))}
+    assert measured and not any(k.startswith("ema.") for k in state)
+    assert all(torch.equal(model[k], state[f"model.{k}"]) for k in model if k not in measured)
+    # G's BatchNorm statistics are measured afresh for the file (standing statistics), not training's running ones
+    assert not any(torch.equal(model[k], state[f"model.{k}"]) for k in measured)
+
+
+def test_standing_statistics_are_the_statistics_of_what_g_is_fed() -> None:
+    from genai_cli.objectives.base import STANDING_BATCH, standing_statistics
+
+    torch.manual_seed(0)
+    g = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2))
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    fed = []
+
+    def inputs(draws: torch.Generator, n: int) -> tuple:
+        fed.append(torch.randn(n, 3, generator=draws) * 5 + 2)
+        return (fed[-1],)
+
+    measured = standing_statistics(g, inputs, image_size=28)
+    assert all(torch.equal(v, g.state_dict()[k]) for k, v in before.items())  # G itself is untouched
+    assert len(fed) > 1 and all(len(x) == STANDING_BATCH for x in fed[:-1])
+    with torch.no_grad():
+        first = g[0](torch.cat(fed))
+        batch_vars = torch.stack([g[0](x).var(0) for x in fed]).mean(0)
+    assert torch.allclose(measured[1].running_mean, first.mean(0), atol=1e-5)
+    assert torch.allclose(measured[1].running_var, batch_vars, atol=1e-5)
+    again = standing_statistics(g, lambda draws, n: (torch.randn(n, 3, generator=draws) * 5 + 2,), image_size=28)
+    assert torch.equal(again[3].running_mean, measured[3].running_mean)  # seeded: a function of the weights alone
+    assert not measured[1].training and standing_statistics(torch.nn.Linear(2, 2), inputs, 28).training  # no BN: G itself

@@ -9,7 +9,16 @@ import torch.nn.functional as F
 
 from genai_cli.distributed import global_slice, wrap
 from genai_cli.models import AdversarialModel, GenerativeModel
-from genai_cli.objectives.base import EMA, Health, Losses, ObjectiveSpec, SampleGrid, adam, noise_grid
+from genai_cli.objectives.base import (
+    EMA,
+    Health,
+    Losses,
+    ObjectiveSpec,
+    SampleGrid,
+    adam,
+    noise_grid,
+    standing_statistics,
+)
 from genai_cli.runtime import autocast
 
 if TYPE_CHECKING:
@@ -92,11 +101,20 @@ class AdversarialObjective:
     def finish(self, source: ImageSource) -> None:
         """Nothing to do once training ends: the generator is what users sample."""
 
-    def sampling_model(self) -> GenerativeModel:
-        """The moving-average generator when there is one."""
-        if self.ema is None:
+    def sampling_model(self, source: ImageSource) -> GenerativeModel:
+        """The moving-average generator when there is one, with BatchNorm statistics of its own."""
+        generator = self.ema.shadow if self.ema is not None else self.model.generator
+        measured = standing_statistics(generator, lambda draws, n: self.sampling_inputs(source, draws, n),
+                                       self.model.config.image_size or 1)
+        if measured is self.model.generator:
             return self.model
-        return AdversarialModel(self.model.config, self.ema.shadow, self.model.discriminator)
+        return type(self.model)(self.model.config, measured, self.model.discriminator)
+
+    def sampling_inputs(self, source: ImageSource, draws: torch.Generator, n: int) -> tuple:
+        """G's arguments when users sample: latents, and classes for a conditional model."""
+        z = torch.randn(n, self.model.latent_dim, generator=draws)
+        classes = self.model.config.num_classes
+        return z, torch.randint(classes, (n,), generator=draws) if self.model.conditional else None
 
     def sample_grid(self, source: ImageSource) -> SampleGrid:
         return noise_grid(self.model)

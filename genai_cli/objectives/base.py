@@ -54,8 +54,9 @@ class Objective(Protocol):
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses: ...
 
-    def sampling_model(self) -> GenerativeModel:
-        """The model users get in model.safetensors (and so in sample, eval and export)."""
+    def sampling_model(self, source: ImageSource) -> GenerativeModel:
+        """The model users get in model.safetensors (and so in sample, eval and export); `source` for
+        what it is fed when sampling (a translating model's inputs)."""
         ...
 
     def finish(self, source: ImageSource) -> None:
@@ -142,3 +143,49 @@ class EMA:
             shadow.lerp_(live, weight)
         for shadow, live in zip(self.shadow.buffers(), module.buffers()):
             shadow.copy_(live)
+
+
+# BatchNorm statistics are averages over images x positions: 2,000 images of 28x28 hold 1.6M positions
+# per channel, and 500 gave the same FID; larger images need fewer (at least 64).
+STANDING_POSITIONS, STANDING_MAX, STANDING_MIN, STANDING_BATCH = 1_600_000, 2_000, 64, 100
+Inputs = Callable[[torch.Generator, int], tuple]  # (a seeded generator, a count) -> G's arguments, on the CPU
+
+
+@torch.no_grad()
+def standing_statistics(generator: torch.nn.Module, inputs: Inputs, image_size: int) -> torch.nn.Module:
+    """A copy of G whose BatchNorm statistics are measured afresh on what it is fed when sampling
+    (BigGAN's "standing statistics"), or G itself when it has none. Training's running averages follow
+    the live weights over its last ~10 batches: noisy at a small batch, and not the statistics of the
+    moving-average weights users sample. Measured, classifier FID: DCGAN 32.1 -> 29.1, pix2pix edges
+    17.0 -> 14.8 (benchmarks/RESULTS.md). G is not changed, so neither are training and resume.
+
+    Each BatchNorm normalises by its batch's own statistics (its running ones set aside, the module in
+    eval mode, so SyncBatchNorm does not synchronise) while a hook records them; their mean becomes the
+    running statistics. Seeded draws make the copy a function of the weights alone."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in generator.modules()):
+        return generator
+    measured = copy.deepcopy(generator).eval()
+    norms = [m for m in measured.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    records: dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in norms}
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        x = args[0].float()
+        dims = [0, *range(2, x.dim())]
+        records[module].append((x.mean(dims), x.var(dims)))  # unbiased, as BatchNorm's running_var
+
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
+    kept = {m: (m.running_mean, m.running_var) for m in norms}
+    for m in norms:
+        m.running_mean = m.running_var = None
+    device = next(measured.parameters()).device
+    draws = torch.Generator().manual_seed(0)
+    total = max(STANDING_MIN, min(STANDING_MAX, STANDING_POSITIONS // image_size**2))
+    for start in range(0, total, STANDING_BATCH):
+        measured(*(a.to(device) if a is not None else None for a in inputs(draws, min(STANDING_BATCH, total - start))))
+    for hook in hooks:
+        hook.remove()
+    for m in norms:
+        means, variances = zip(*records[m])
+        m.running_mean = torch.stack(means).mean(0).to(kept[m][0].dtype)
+        m.running_var = torch.stack(variances).mean(0).to(kept[m][1].dtype)
+    return measured

@@ -53,7 +53,7 @@ class ELBOObjective:
         self.optimizers = {"model": adam(model.parameters(), train.lr, (train.beta1, train.beta2), device)}
         self.ema = None
 
-    def sampling_model(self) -> GenerativeModel:
+    def sampling_model(self, source: ImageSource) -> GenerativeModel:
         return self.model
 
     @torch.no_grad()

@@ -59,6 +59,11 @@ class Pix2PixObjective(AdversarialObjective):
         inputs, targets = source.inputs[:n], source.images[:n]
         return lambda model, device: sampling.translation_grid(inputs, sampling.translate(model, inputs, device), targets)
 
+    def sampling_inputs(self, source: ImageSource, draws: torch.Generator, n: int) -> tuple:
+        """Training inputs, as [-1, 1] floats: what G translates."""
+        assert isinstance(source, PairedSource)
+        return (source.inputs[torch.randint(len(source), (n,), generator=draws)].float() / 127.5 - 1,)
+
     def d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
         return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # BCE-with-logits: real 1, fake 0
 
