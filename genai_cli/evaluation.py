@@ -560,13 +560,23 @@ def warn_small_sets(asked: list[str], results: dict[str, Any], s: Scoring) -> No
     """One line each: FID from no more images than feature dimensions (a singular covariance), and what was not computed."""
     assert s.real_f is not None and s.fake_f is not None
     dim = s.real_f.shape[1]
-    smallest = min(len(s.real_f), len(s.fake_f))
-    if "fid" in asked and "fid" not in s.not_computed and smallest <= dim or "intra_fid" in results:
-        console.warn(f"FID from {smallest if 'fid' in asked else 'a few'} images per set of {dim}-dimensional features "
-                     f"is unreliable: a singular covariance makes it biased and comparable only at the same --n "
-                     f"(above {dim} is reliable)")
+    sizes = {"FID": min(len(s.real_f), len(s.fake_f))} if "fid" in asked and "fid" not in s.not_computed else {}
+    if isinstance(results.get("intra_fid"), float) and math.isfinite(results["intra_fid"]):
+        sizes["intra-class FID"] = smallest_class_sets(s)
+    for name, smallest in sizes.items():
+        if smallest <= dim:
+            console.warn(f"{name} from {smallest} images per set of {dim}-dimensional features is unreliable: a "
+                         f"singular covariance makes it biased and comparable only at the same --n (above {dim} is reliable)")
     if s.not_computed:
         console.warn("not computed: " + "; ".join(f"{name} ({reason})" for name, reason in s.not_computed.items()))
+
+
+def smallest_class_sets(s: Scoring) -> int:
+    """The fewest images of one class in either set, over the classes intra-class FID averages."""
+    assert s.reference is not None and s.candidates.labels is not None
+    real, asked = s.reference.all_labels()[: s.n_real], s.candidates.labels
+    counts = [min(int((real == k).sum()), int((asked == k).sum())) for k in asked.unique().tolist()]
+    return min((c for c in counts if c > 1), default=0)
 
 
 def check_gates(gates: list[Gate], results: dict[str, Any], not_computed: dict[str, str]) -> list[dict[str, Any]]:

@@ -446,3 +446,12 @@ def test_the_classification_accuracy_score_is_asked_for_not_default(eval_runs: d
     assert code == 0 and 0 <= json.loads(out)["metrics"]["cas"] <= 1, out
     code, _ = run_cli("eval", "-c", str(eval_runs["dcgan"]), "--n", "30", "--metrics", "cas")
     assert code == 2  # an unconditional model has no classes to ask for
+
+
+def test_small_set_warnings_name_the_fid_they_are_about(eval_runs: dict[str, Path]) -> None:
+    """30 samples over 10 classes: intra-class FID from 3 images a class is warned about as such; FID from
+    30 images too. No warning claims a large set is unreliable."""
+    stderr = run_cli_all("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--metrics", "fid,acc").stderr
+    assert "FID from 30 images per set" in stderr and "intra-class FID from 3 images per set" in stderr, stderr
+    stderr = run_cli_all("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--metrics", "acc").stderr
+    assert "intra-class FID from 3 images" in stderr and "warning: FID from" not in stderr, stderr
