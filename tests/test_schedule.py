@@ -84,8 +84,9 @@ def test_a_short_budget_uses_the_familys_short_recipe_unless_flags_say_otherwise
     from genai_cli.models import MODELS
 
     seconds, recipe = MODELS.get("dcgan").short_budget
-    short = training.plan_run(flags(bars_root, "dcgan", **{"train.batch_size": None}), None, budget=seconds).config.train
-    assert (short.batch_size, short.lr) == (recipe["train.batch_size"], recipe["train.lr"])
+    unset = {key: None for key in recipe}
+    short = training.plan_run(flags(bars_root, "dcgan", **unset), None, budget=seconds).config
+    assert {key: getattr(getattr(short, key.split(".")[0]), key.split(".")[1]) for key in recipe} == recipe
     mine = training.plan_run(flags(bars_root, "dcgan", **{"train.batch_size": 8}), None, budget=seconds).config.train
     assert (mine.batch_size, mine.lr) == (8, recipe["train.lr"])  # a flag the user gave wins
     long = training.plan_run(flags(bars_root, "dcgan", **{"train.batch_size": 8}), None, budget=seconds * 2).config.train
