@@ -63,6 +63,7 @@ def _isolated_data(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
     monkeypatch.delenv("GENAI_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # runs/ and runs/latest never land in the repo
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp")))  # torchrun's torchelastic_* log folders
 
 
 def make_idx_dataset(
