@@ -1,7 +1,7 @@
 """Standing BatchNorm statistics: what measuring G's statistics afresh does to a checkpoint's FID.
 
 For each checkpoint, `genai eval` scores it twice: with the BatchNorm statistics its file holds,
-and after `objectives.base.standing_statistics` measured them on 2,000 of G's own inputs (as
+and after `objectives.base.standing_statistics` measured them on 500 of G's own inputs (as
 training now does at every save; latents, or a pix2pix model's training inputs). A checkpoint
 saved before that change holds training's running averages, so the pair is the lever's ablation
 on the same weights; one saved since gives about the same number twice. One JSON line per

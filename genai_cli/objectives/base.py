@@ -145,9 +145,10 @@ class EMA:
             shadow.copy_(live)
 
 
-# BatchNorm statistics are averages over images x positions: 2,000 images of 28x28 hold 1.6M positions
-# per channel, and 500 gave the same FID; larger images need fewer (at least 64).
-STANDING_POSITIONS, STANDING_MAX, STANDING_MIN, STANDING_BATCH = 1_600_000, 2_000, 64, 100
+# BatchNorm statistics are averages over images x positions: 500 images of 28x28 hold 392k positions per
+# channel, and gave the FID of 2,000 or 10,000 within 0.6 (benchmarks/RESULTS.md) at a quarter of the
+# cost, which a one-minute run drawing a grid every 200 steps feels; larger images need fewer (>= 64).
+STANDING_POSITIONS, STANDING_MAX, STANDING_MIN, STANDING_BATCH = 400_000, 500, 64, 100
 Inputs = Callable[[torch.Generator, int], tuple]  # (a seeded generator, a count) -> G's arguments, on the CPU
 
 
