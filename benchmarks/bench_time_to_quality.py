@@ -13,8 +13,9 @@ Images become seconds through training throughputs measured here in alternating 
             as bench_throughput checks), and its time is images / the reference loop's images/s.
   examples_on_genai  the same curve (the same maths) at genai's engine throughput for that recipe:
             what a user of the example's recipe gains by switching tools.
-  genai     `genai train` defaults (batch 128, Adam 2e-4, betas (0.5, 0.999), non-saturating
-            BCE, EMA 0.999 of G) at genai's engine throughput.
+  genai     `genai train --model dcgan` defaults (batch 32, Adam 2e-3, betas (0.5, 0.999),
+            non-saturating BCE, EMA 0.999 of G, standing BatchNorm statistics) at genai's
+            engine throughput.
 
 Reported: both curves, the throughputs, and for each FID target the time each needed (linear
 interpolation between evaluations) and the speed-up over the example. One JSON object on stdout.

@@ -302,7 +302,7 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
         if recipe := {k: v for k, v in spec.short_budget[1].items() if flags.get(k) is None}:
             config = apply_flags(config, recipe)
             console.info(f"a {budget:g} s budget: " + ", ".join(f"{flag_name(k)} {v:g}" for k, v in recipe.items())
-                         + " (more, smaller steps learn faster in a short run)")
+                         + " (the family's recipe for a short run)")
     validate_model(config.model, latent=not spec.shape.translates)  # a translating model's is 0: it has none
     validate_train(config.train)
     check_gan_loss(config.train.gan_loss)

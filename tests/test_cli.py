@@ -501,7 +501,9 @@ def test_dry_run_prints_the_resolved_config(idx_root: Path, tmp_path: Path, monk
     assert model["num_classes"] == num_classes
     assert model["latent_dim"] == 100
     assert config["data"]["classes"] == FASHION
-    assert config["train"]["lr"] == pytest.approx(2e-4) and config["train"]["beta1"] == pytest.approx(0.5)
+    from genai_cli.models import MODELS
+
+    assert config["train"]["lr"] == pytest.approx(MODELS.get(kind).lr) and config["train"]["beta1"] == pytest.approx(0.5)
     assert config["train"]["batch_size"] == 8
     assert sorted(os.listdir(tmp_path)) == before, "--dry-run wrote files"
 

@@ -31,9 +31,10 @@ def final_lrs(run_dir: str) -> list[float]:
 
 
 def test_the_rate_decays_over_the_runs_tail(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    run = training.train(flags(bars_root, "dcgan", **{"train.steps": 8, "train.lr_decay_start": 0.5}), out=str(tmp_path / "r"))
+    run = training.train(flags(bars_root, "dcgan", **{"train.steps": 8, "train.lr_decay_start": 0.5, "train.lr": 2e-4}),
+                         out=str(tmp_path / "r"))
     assert final_lrs(run.run_dir) == pytest.approx([2e-4 * 0.25] * 2)  # the last step (index 7) ran at (8-7)/(8-4)
-    constant = training.train(flags(bars_root, "dcgan", **{"train.steps": 8}), out=str(tmp_path / "c"))
+    constant = training.train(flags(bars_root, "dcgan", **{"train.steps": 8, "train.lr": 2e-4}), out=str(tmp_path / "c"))
     assert final_lrs(constant.run_dir) == pytest.approx([2e-4] * 2)
 
 
@@ -87,7 +88,7 @@ def test_a_short_budget_uses_the_familys_short_recipe_unless_flags_say_otherwise
     unset = {key: None for key in recipe}
     short = training.plan_run(flags(bars_root, "dcgan", **unset), None, budget=seconds).config
     assert {key: getattr(getattr(short, key.split(".")[0]), key.split(".")[1]) for key in recipe} == recipe
-    mine = training.plan_run(flags(bars_root, "dcgan", **{"train.batch_size": 8}), None, budget=seconds).config.train
-    assert (mine.batch_size, mine.lr) == (8, recipe["train.lr"])  # a flag the user gave wins
-    long = training.plan_run(flags(bars_root, "dcgan", **{"train.batch_size": 8}), None, budget=seconds * 2).config.train
-    assert long.lr == 2e-4  # a longer budget keeps the paper's recipe
+    mine = training.plan_run(flags(bars_root, "dcgan", **{**unset, "model.width": 8}), None, budget=seconds).config
+    assert mine.model.width == 8  # a flag the user gave wins
+    long = training.plan_run(flags(bars_root, "dcgan", **unset), None, budget=seconds * 2).config
+    assert long.model.width == 64  # a longer budget keeps the family's defaults
