@@ -3,7 +3,7 @@
 For each derived task (edges -> Fashion-MNIST, centre-masked -> Fashion-MNIST) it trains
 `--model pix2pix` twice, the paper's cGAN + 100 L1 and `--gan-loss l1`, each in one thread
 for a step count chosen so both spend about the same CPU time (D makes a pix2pix step about
-4.5x as dear as an L1 step here), then scores both on the test split's pairs with
+3.4x as dear as an L1 step at batch 16), then scores both on the test split's pairs with
 `genai eval`: FID of the outputs against the real targets (classifier features, or Inception
 with --inception) plus L1, PSNR and SSIM. The paper's claim to check: the adversarial term
 makes outputs sharper, so FID is lower, at about the same PSNR. One JSON line per run goes to
