@@ -122,6 +122,6 @@ SPEC = ModelSpec(
     latent_dim=0,
     # the paper trains at batch 1-10 without a moving average. At equal CPU, batch 16 beats 128 on both
     # derived tasks (classifier FID 18.4 vs 28.0 edges, 3.30 vs 9.09 masked), and the EMA of G (the GAN
-    # families' 0.999) beats none (14.8 vs 17.0 edges, standing statistics both): benchmarks/RESULTS.md
+    # families' 0.999) beats none (14.9 vs 17.1 edges, standing statistics both): benchmarks/RESULTS.md
     batch_size=16,
 )

@@ -158,7 +158,7 @@ def standing_statistics(generator: torch.nn.Module, inputs: Inputs, image_size: 
     (BigGAN's "standing statistics"), or G itself when it has none. Training's running averages follow
     the live weights over its last ~10 batches: noisy at a small batch, and not the statistics of the
     moving-average weights users sample. Measured, classifier FID: DCGAN 32.1 -> 29.1, pix2pix edges
-    17.0 -> 14.8 (benchmarks/RESULTS.md). G is not changed, so neither are training and resume.
+    17.0 -> 14.9 (benchmarks/RESULTS.md). G is not changed, so neither are training and resume.
 
     Each BatchNorm normalises by its batch's own statistics (its running ones set aside, the module in
     eval mode, so SyncBatchNorm does not synchronise) while a hook records them; their mean becomes the
