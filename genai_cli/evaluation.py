@@ -254,10 +254,15 @@ def gather_candidates(req: EvalRequest, model: GenerativeModel | None, dataset: 
         outputs = sampling.translate(model, reference.inputs[:n], device)
         return Candidates(outputs, None, f"translations of the first {n} {reference.pairs} inputs of {dataset} "
                           f"{req.split}")
-    seeds = list(range(req.seed, req.seed + req.n))
-    labels = torch.arange(req.n) % model.config.num_classes if model.conditional else None
-    images = sampling.generate(model, sampling.latents(seeds, model.latent_dim), labels, device)
-    return Candidates(images, labels, f"{req.n} samples of {model.config.kind} (seeds {seeds[0]}-{seeds[-1]})")
+    images, labels = seeded_samples(model, req.seed, req.n, device)
+    return Candidates(images, labels, f"{req.n} samples of {model.config.kind} (seeds {req.seed}-{req.seed + req.n - 1})")
+
+
+def seeded_samples(model: GenerativeModel, seed: int, n: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n samples, image i from seed + i; a conditional model's classes in turn (and those labels)."""
+    labels = torch.arange(n) % model.config.num_classes if model.conditional else None
+    return sampling.generate(model, sampling.latents(range(seed, seed + n), model.latent_dim), labels, device), labels
 
 
 def real_features(s: Scoring, extractor: feats.Extractor) -> torch.Tensor:
@@ -425,10 +430,9 @@ def classification_accuracy_score(s: Scoring) -> dict[str, Any]:
     judge, info = load_judge(s.dataset, s.data_dir, s.shape, s.device)
     n, num_classes = info["train_images"], len(info["per_class_accuracy"])
     check_range("--seed", s.req.seed + n - 1)
-    labels = torch.arange(n) % num_classes
     console.info(f"classification accuracy score: a classifier on {n} samples of {s.model.config.kind}")
-    images = sampling.generate(s.model, sampling.latents(range(s.req.seed, s.req.seed + n), s.model.latent_dim),
-                               labels, s.device)
+    images, labels = seeded_samples(s.model, s.req.seed, n, s.device)
+    assert labels is not None
     net = feats.train_classifier(images, labels, num_classes, s.device)
     test_x, test_y = s.reference.all_images(), s.reference.all_labels()
     _, real_logits = judge(test_x)

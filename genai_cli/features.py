@@ -33,6 +33,7 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from genai_cli import console, metrics
+from genai_cli import images as imgs
 from genai_cli.console import printable
 from genai_cli.errors import GenaiError, UsageError
 from genai_cli.fileio import atomic_write, file_sha256, require_regular_file
@@ -255,7 +256,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images) - batch + 1, batch):
             index = order[start : start + batch]
-            x = images[index].to(device).float() / 127.5 - 1
+            x = imgs.from_uint8(images[index].to(device))
             _, logits = net(x)
             loss = F.cross_entropy(logits, labels[index].to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -268,7 +269,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 @torch.no_grad()
 def predict(net: SmallCNN, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 images -> the class each is judged to be, on the CPU."""
-    return torch.cat([net(images[s : s + 500].to(device).float() / 127.5 - 1)[1].argmax(1).cpu()
+    return torch.cat([net(imgs.from_uint8(images[s : s + 500].to(device)))[1].argmax(1).cpu()
                       for s in range(0, len(images), 500)])
 
 
@@ -301,7 +302,7 @@ def load_classifier(dataset: str, device: torch.device, num_classes: int,
     net = net.to(device).eval()
     extractor = Extractor("classifier", str(path), file_sha256(path),
                           "genai SmallCNN penultimate layer at the dataset's own size, x/127.5 - 1",
-                          lambda x: net(x.float() / 127.5 - 1), device)
+                          lambda x: net(imgs.from_uint8(x)), device)
     return extractor, info
 
 

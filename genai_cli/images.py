@@ -12,8 +12,13 @@ from PIL import Image
 GRID_PADDING = 2
 
 
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> the [-1, 1] floats models read."""
+    return images.float() / 127.5 - 1
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Model output in [-1, 1] -> uint8 pixels (the inverse of training's x / 127.5 - 1)."""
+    """Model output in [-1, 1] -> uint8 pixels (the inverse of `from_uint8`)."""
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 

@@ -299,7 +299,7 @@ def decode_inputs(files: list[Path], channels: int, size: int) -> torch.Tensor:
 
 def translate(model: GenerativeModel, inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 inputs -> uint8 translations, SAMPLE_BATCH at a time."""
-    return generate(model, inputs.float() / 127.5 - 1, None, device)
+    return generate(model, imgs.from_uint8(inputs), None, device)
 
 
 def run_translate(req: SampleRequest, model: GenerativeModel, loaded: ckpt.Checkpoint, kind: str,

@@ -334,7 +334,7 @@ def build_model(plan: Plan, device: torch.device) -> GenerativeModel:
 
 def prepare_batch(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> [-1, 1] floats in the models' channels-last layout, on the batch's device."""
-    return (images.float() / 127.5 - 1).contiguous(memory_format=torch.channels_last)
+    return imgs.from_uint8(images).contiguous(memory_format=torch.channels_last)
 
 
 def prepare_condition(labels: torch.Tensor | None) -> torch.Tensor | None:

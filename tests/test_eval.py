@@ -429,7 +429,7 @@ def test_classification_accuracy_score_learns_the_classes_only_from_samples_of_t
         write_idx(tmp_path / "FashionMNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels.numpy().astype(np.uint8))
     draw = bar_images if generator == "right class" else lambda labels: bar_images(torch.zeros_like(labels))
     monkeypatch.setattr(evaluation.sampling, "generate", lambda model, z, labels, device: draw(labels))
-    model = SimpleNamespace(config=SimpleNamespace(kind="stub"), latent_dim=2, conditional=True)
+    model = SimpleNamespace(config=SimpleNamespace(kind="stub", num_classes=10), latent_dim=2, conditional=True)
     reference = load_dataset("fashion-mnist", data_dir=str(tmp_path), split="test")
     scoring = evaluation.Scoring(evaluation.EvalRequest(metrics=["cas"]), model, None, reference, 200, "fashion-mnist",
                                  str(tmp_path), (1, 28), torch.device("cpu"))
@@ -449,8 +449,8 @@ def test_the_classification_accuracy_score_is_asked_for_not_default(eval_runs: d
 
 
 def test_small_set_warnings_name_the_fid_they_are_about(eval_runs: dict[str, Path]) -> None:
-    """30 samples over 10 classes: intra-class FID from 3 images a class is warned about as such; FID from
-    30 images too. No warning claims a large set is unreliable."""
+    """30 samples over 10 classes: intra-class FID from 3 images a class is warned about as such, FID from
+    30 images too, and without overall FID asked for, no overall-FID warning."""
     stderr = run_cli_all("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--metrics", "fid,acc").stderr
     assert "FID from 30 images per set" in stderr and "intra-class FID from 3 images per set" in stderr, stderr
     stderr = run_cli_all("eval", "-c", str(eval_runs["cgan"]), "--n", "30", "--metrics", "acc").stderr

@@ -98,7 +98,7 @@ def reconstruct(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
     was_training = model.training
     model.eval()
     try:
-        real = images.to(device).float() / 127.5 - 1
+        real = imgs.from_uint8(images.to(device))
         lb = labels.to(device) if labels is not None else None
         mu, _ = model.encoder(real, lb)
         return imgs.to_uint8(model.decoder.mean_image(mu, lb)).cpu()
@@ -117,7 +117,7 @@ def posterior_moments(model: VariationalModel, source: ImageSource, device: torc
     model.eval()
     means, variances = [], []
     for images, labels in source.in_order(batch, device):
-        mu, logvar = model.encoder(images.float() / 127.5 - 1, labels if model.conditional else None)
+        mu, logvar = model.encoder(imgs.from_uint8(images), labels if model.conditional else None)
         means.append(mu)
         variances.append(logvar.exp())
     model.train(was_training)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genai_cli import images as imgs
 from genai_cli import sampling
 from genai_cli.data import ImageSource
 from genai_cli.models.pix2pix import TranslationModel
@@ -62,7 +63,7 @@ class Pix2PixObjective(AdversarialObjective):
     def sampling_inputs(self, source: ImageSource, draws: torch.Generator, n: int) -> tuple:
         """Training inputs, as [-1, 1] floats: what G translates."""
         assert isinstance(source, PairedSource)
-        return (source.inputs[torch.randint(len(source), (n,), generator=draws)].float() / 127.5 - 1,)
+        return (imgs.from_uint8(source.inputs[torch.randint(len(source), (n,), generator=draws)]),)
 
     def d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
         return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # BCE-with-logits: real 1, fake 0
