@@ -158,6 +158,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Learning rate. \\[default: the family's: dcgan 2e-3, other GANs 2e-4, VAEs 1e-3]")] = None,
     lr_d: Annotated[Optional[float], typer.Option(help="Discriminator learning rate (TTUR). \\[default: --lr]")] = None,
     lr_decay_start: Annotated[Optional[float], typer.Option(help="Fraction of the run after which the learning rate falls linearly to 0 (1: constant). \\[default: the family's]")] = None,
+    warmup: Annotated[Optional[float], typer.Option(help="Fraction of the run spent first on the objective's warm-up: pix2pix trains G on L1 alone, then adds D; 0 for none. \\[default: pix2pix 0.78 of its steps (about half its time), none elsewhere]")] = None,
     beta1: Annotated[Optional[float], typer.Option(help="Adam beta1. \\[default: 0.5 for GANs, 0.9 for VAEs]")] = None,
     gan_loss: Annotated[Optional[str], choice(choices.GAN_LOSSES, "--gan-loss", help=f"GAN objective: bce (non-saturating), hinge or wgan-gp (critic with a gradient penalty); pix2pix: bce, or l1 (its U-Net alone, the baseline). \\[default: {_T.gan_loss}]")] = None,
     ema: Annotated[Optional[float], typer.Option(help="Decay of the generator's moving average, which samples and checkpoints use; 0 turns it off. \\[default: 0.999 for GANs, 0 for VAEs]")] = None,
@@ -192,7 +193,7 @@ def train(
         "model.channels": channels, "model.width": width, "model.beta": beta, "model.norm": norm, "model.prior": prior,
         "data.name": data, "data.data_dir": data_dir, "data.split": split, "data.pairs": pairs, "data.direction": direction,
         "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
-        "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.seed": seed,
+        "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.warmup": warmup, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.seed": seed,
         "train.device": device, "train.log_every": log_every, "train.sample_every": sample_every,
         "train.save_every": save_every,
     }

@@ -17,7 +17,7 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 4  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix). Older configs load with what their runs did.
+SCHEMA_VERSION = 5  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup. Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
 SEED_RANGE = (0, 2**64 - 1)
@@ -57,6 +57,7 @@ class TrainConfig:
     lr: float | None = None  # family default
     lr_d: float | None = None  # discriminator lr (TTUR); defaults to lr
     lr_decay_start: float | None = None  # fraction of the run after which lr falls linearly to 0; 1 = constant
+    warmup: float | None = None  # fraction of the run spent on the objective's warm-up step first; objective default
     beta1: float | None = None  # Adam betas; family default
     beta2: float = 0.999
     gan_loss: str = "bce"  # picks the adversarial objective: "bce" (non-saturating), "hinge", ... (genai_cli.objectives)
@@ -105,6 +106,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     2: (("train", "lr_decay_start", 1.0),),
     3: (("model", "prior", "standard"),),
     4: (("model", "in_channels", None), ("data", "pairs", None), ("data", "direction", "AtoB")),
+    5: (("train", "warmup", 0.0),),
 }
 
 

@@ -53,8 +53,11 @@ from genai_cli.runtime import describe, pick_device, seed_everything
 RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "train.sample_every",
              "train.save_every", "train.lr", "train.lr_d", "train.lr_decay_start", "data.data_dir"}
 # A --max-time budget: steps BUDGET_WARMUP..BUDGET_PLAN_AT are timed, then the run's length is
-# fixed to what fits in BUDGET_USE of the time left (the rest covers grids and checkpoints).
+# fixed to what fits in BUDGET_USE of the time left (the rest covers the final save). Twenty steps
+# miss what later steps pay (grids, checkpoints, a busier machine), so the plan is revised at
+# BUDGET_REVISE fractions of it from the speed of every step so far, until the rate starts to fall.
 BUDGET_WARMUP, BUDGET_PLAN_AT, BUDGET_PLAN_FRACTION, BUDGET_USE = 5, 25, 0.05, 0.95
+BUDGET_REVISE = (0.1, 0.3)
 BUDGET_PROVISIONAL_STEPS = 10**9
 
 
@@ -119,6 +122,12 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     train.beta1 = (spec.beta1 if objective.beta1 is None else objective.beta1) if train.beta1 is None else train.beta1
     train.beta2 = train.beta2 if objective.beta2 is None else objective.beta2
     train.ema = spec.ema if train.ema is None else train.ema
+    train.warmup = objective.warmup if train.warmup is None else train.warmup
+    if train.warmup and getattr(objective.build, "warmup_step", objective.build.step) is objective.build.step:
+        raise UsageError(f"--warmup applies to objectives with a warm-up (pix2pix's L1 phase); {objective.description} "
+                         "has none: drop --warmup")
+    if not 0 <= train.warmup < 1:
+        raise UsageError(f"--warmup is a fraction of the run from 0 to below 1, got {train.warmup:g}")
     if spec.conditional and not source.labelled:
         raise UsageError(f"--model {spec.name} needs labelled data but {source.name} has no classes; "
                          "use class sub-folders or an unconditional model")
@@ -229,8 +238,11 @@ class Session:
     saved_step: int | None = None  # the newest checkpoint on disk
     deadline: float | None = None  # time.monotonic() at which --max-time ends the run
     out_of_time: bool = False
-    budgeted: bool = False  # --max-time alone: the length is planned from the first steps' speed
-    budget_timer: float = 0.0  # time.monotonic() at step BUDGET_WARMUP
+    budgeted: bool = False  # --max-time alone: the length is planned (and revised) from the steps' speed
+    budget_timer: float = 0.0  # time.monotonic() at step budget_from
+    budget_from: int = BUDGET_WARMUP  # the first timed step: steps before it (or before a warm-up ended) cost otherwise
+    next_plan: int = BUDGET_PLAN_AT  # the step at which a budgeted run (re)plans its length
+    revisions: list[int] = field(default_factory=list)  # later steps to revise it at, from the first plan
     tensorboard: tboard.Log | None = None  # --tensorboard, on rank 0
     collapse: CollapseWatch | None = field(init=False)
 
@@ -250,6 +262,12 @@ class Session:
     def total_steps(self) -> int:
         t = self.config.train
         return t.steps if t.steps is not None else t.epochs * self.steps_per_epoch
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps the objective's warm-up takes: it moves with the plan of a --max-time run, never back
+        over a step already taken (plans are only revised after it ends or while it is far ahead)."""
+        return int((self.config.train.warmup or 0.0) * self.total_steps)
 
     def save(self) -> Path:
         """Rank 0 writes the checkpoint (every rank holds the same weights); never non-finite weights."""
@@ -479,7 +497,9 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
         for images, labels in batches:
             set_learning_rates(session.objective.optimizers, session.objective.base_lrs,
                                lr_factor(session.step, session.total_steps, cfg.lr_decay_start))
-            losses = session.objective.step(prepare_batch(images), prepare_condition(labels))
+            warming = session.step < session.warmup_steps
+            update = session.objective.warmup_step if warming else session.objective.step  # type: ignore[attr-defined]
+            losses = update(prepare_batch(images), prepare_condition(labels))
             for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             session.step += 1
@@ -488,7 +508,7 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
                 plan_budget(session, progress)
             progress.advance(session.step)
             step, finished = session.step, session.step >= session.total_steps
-            at_log = step % cfg.log_every == 0 or finished
+            at_log = step % cfg.log_every == 0 or finished or (warming and step == session.warmup_steps)
             signalled, session.out_of_time = stop_requests(session, stop, at_log)
             if at_log or signalled or session.out_of_time:
                 last = log_window(session, progress, sums, window_steps, time.perf_counter() - window_start)
@@ -511,27 +531,39 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
 
 def plan_budget(session: Session, progress: console.StepProgress) -> None:
     """Under --max-time alone, time the steps after BUDGET_WARMUP, then fix the run's length (stored in
-    config.json and every checkpoint, so --resume follows the same schedule). One process plans at
-    step BUDGET_PLAN_AT or after 5% of the budget, whichever comes first; several plan at the step,
-    which every rank reaches together, and take rank 0's plan."""
-    step, now = session.step, time.monotonic()
-    if step == BUDGET_WARMUP:
-        session.budget_timer = now
-    if step <= BUDGET_WARMUP or session.deadline is None:
+    config.json and every checkpoint, so --resume follows the schedule the checkpoint holds). One process
+    plans at step BUDGET_PLAN_AT or after 5% of the budget, whichever comes first; several plan at the
+    step, which every rank reaches together, and take rank 0's plan. Revisions come at steps every rank
+    derives from that plan: at BUDGET_REVISE of it, before the learning rate starts to fall (until then
+    it is flat under any plan, so a revision never changes a step already taken), and once more when an
+    objective's warm-up ends, from the speed of the dearer steps after it."""
+    step, now, train = session.step, time.monotonic(), session.config.train
+    warmup_ended = train.warmup and step == session.warmup_steps
+    if step == BUDGET_WARMUP or warmup_ended:
+        session.budget_from, session.budget_timer = step, now
+        if warmup_ended:
+            session.next_plan = step + BUDGET_PLAN_AT - BUDGET_WARMUP
+    if step <= session.budget_from or session.deadline is None:
         return
-    timed = now - session.budget_timer
-    early = not session.world.distributed and timed >= BUDGET_PLAN_FRACTION * (session.deadline - session.budget_timer)
-    if step != BUDGET_PLAN_AT and not early:
+    timed, first = now - session.budget_timer, train.steps == BUDGET_PROVISIONAL_STEPS
+    early = first and not session.world.distributed and timed >= BUDGET_PLAN_FRACTION * (session.deadline - session.budget_timer)
+    if step != session.next_plan and not early:
         return
-    rate = (step - BUDGET_WARMUP) / max(timed, 1e-9)
+    rate = (step - session.budget_from) / max(timed, 1e-9)
     planned = step + max(1, int(rate * max(session.deadline - now, 0.0) * BUDGET_USE))
-    planned = int(distributed.broadcast_text(str(planned), session.world))
-    session.config.train.steps, session.budgeted = planned, False
+    if step > session.warmup_steps > 0:
+        planned = min(planned, int(step / train.warmup))  # a longer plan would move the warm-up's end past this step
+    planned = train.steps = int(distributed.broadcast_text(str(planned), session.world))
+    if first:
+        session.revisions = [int(f * planned) for f in BUDGET_REVISE]
+    session.next_plan = next((s for s in session.revisions if step < s < train.lr_decay_start * planned), 0)
+    session.budgeted = session.next_plan > 0 or step < session.warmup_steps
     if session.world.is_main:
         ckpt.save_config(session.run_dir, session.config)
     progress.set_total(planned)
-    console.info(f"--max-time: planned {planned} steps ({rate * session.config.train.batch_size:.0f} images/s); "
-                 "the learning-rate schedule ends there")
+    console.info(f"--max-time: {'planned' if first else 'revised to'} {planned} steps "
+                 f"({rate * train.batch_size:.0f} images/s)"
+                 + ("; the learning-rate schedule ends there" if first else ""))
 
 
 def stop_requests(session: Session, stop: StopRequest, at_log: bool) -> tuple[bool, bool]:

@@ -22,7 +22,7 @@ from genai_cli.errors import UsageError
 from genai_cli.models import MODELS
 from genai_cli.models.pix2pix import patch_layers
 from genai_cli.objectives import choose
-from genai_cli.objectives.pix2pix import Pix2PixObjective
+from genai_cli.objectives.pix2pix import WARMUP, Pix2PixObjective
 
 TINY = {"model.kind": "pix2pix", "model.width": 8, "model.image_size": 16, "train.batch_size": 4,
         "train.steps": 3, "train.log_every": 1}
@@ -133,6 +133,58 @@ def test_l1_alone_trains_only_the_generator_and_resumes_bitwise(idx: Path, tmp_p
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def metric_rows(run_dir: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def d_updates(run_dir: str) -> list[int]:
+    """How many steps D's Adam took, per parameter."""
+    from genai_cli import checkpoint as ckpt
+
+    state = ckpt.load_training_state(Path(run_dir)).optimizers["discriminator"]["state"]
+    return sorted({int(s["step"]) for s in state.values()})
+
+
+def test_the_warm_up_trains_g_on_l1_alone_then_adds_d(idx: Path, tmp_path: Path) -> None:
+    run = training.train({**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "train.steps": 4,
+                          "train.warmup": 0.5}, out=str(tmp_path / "r"))
+    assert [sorted(k for k in row if k.startswith(("loss", "l1"))) for row in metric_rows(run.run_dir)] == [
+        ["l1"], ["l1"], ["l1", "loss_d", "loss_g"], ["l1", "loss_d", "loss_g"]]
+    assert d_updates(run.run_dir) == [2]  # D learned in the last two steps only
+
+
+def test_a_budgeted_run_replans_when_the_dearer_adversarial_steps_start(idx: Path, tmp_path: Path, monkeypatch) -> None:
+    """On a clock that reads 1 ms a call during the warm-up and 3 ms after it: the plan made from warm-up
+    steps would overrun, so it is revised down once D joins, and the run still ends by its plan."""
+    from genai_cli import checkpoint as ckpt
+
+    clock = {"now": 0.0, "tick": 0.001}
+
+    def monotonic() -> float:
+        clock["now"] += clock["tick"]
+        return clock["now"]
+
+    adversarial = Pix2PixObjective.step
+
+    def dearer(self, real, labels):
+        clock["tick"] = 0.003
+        return adversarial(self, real, labels)
+
+    plans: list[int] = []
+    save_config = ckpt.save_config
+    monkeypatch.setattr(training.ckpt, "save_config", lambda run_dir, config: (plans.append(config.train.steps),
+                                                                                  save_config(run_dir, config)))
+    monkeypatch.setattr(training.time, "monotonic", monotonic)
+    monkeypatch.setattr(Pix2PixObjective, "step", dearer)
+    flags = {**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "train.steps": None, "train.epochs": None}
+    run = training.train(flags, out=str(tmp_path / "r"), max_time=2.0)
+    plans = [p for p in plans if p != training.BUDGET_PROVISIONAL_STEPS]
+    assert plans[-1] < plans[-2] and run.step == plans[-1] and not run.max_time_reached
+    warm = ["loss_d" not in row for row in metric_rows(run.run_dir)]
+    ended = warm.index(False)
+    assert not any(warm[ended:]) and ended >= WARMUP * plans[-1]  # where the stored plan puts the warm-up's end
+
+
 def test_a_noise_gan_loss_on_pix2pix_is_a_usage_error(idx: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="bce, l1"):
         training.train({**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "train.gan_loss": "hinge"},
@@ -151,15 +203,19 @@ def test_derived_pairs_train(kind: str, idx: Path, tmp_path: Path) -> None:
     assert (Path(result.run_dir) / "samples" / "step_000003.png").is_file()
 
 
-def test_resume_is_bitwise_identical_dropout_included(idx: Path, tmp_path: Path) -> None:
+def test_resume_is_bitwise_identical_dropout_and_the_warm_up_included(idx: Path, tmp_path: Path, monkeypatch) -> None:
+    """Stopped at step 2 of 5, inside the L1 warm-up (steps 0-2): the resumed run adds D at step 3 as the straight one does."""
     from safetensors.torch import load_file
 
     from genai_cli import checkpoint as ckpt
 
-    base = {**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "data.pairs": "masked"}
-    straight = training.train({**base, "train.steps": 4}, out=str(tmp_path / "straight"))
-    first = training.train({**base, "train.steps": 2}, out=str(tmp_path / "split"))
-    resumed = training.train({"train.steps": 4}, resume=first.run_dir)
+    base = {**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "data.pairs": "masked", "train.steps": 5}
+    straight = training.train(base, out=str(tmp_path / "straight"))
+    with monkeypatch.context() as patch:
+        patch.setattr(training.Session, "past_deadline", lambda self: self.step == 2)
+        first = training.train(base, out=str(tmp_path / "split"))
+    assert first.step == 2
+    resumed = training.train({}, resume=first.run_dir)
     for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE):
         a, b = load_file(Path(straight.run_dir) / name), load_file(Path(resumed.run_dir) / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -232,6 +288,13 @@ def test_older_configs_load_without_the_paired_fields() -> None:
         del raw[section][name]
     old = Config.from_dict(raw)
     assert (old.model.in_channels, old.data.pairs, old.data.direction) == (None, None, "AtoB")
+
+
+def test_configs_from_before_the_warm_up_load_without_one() -> None:
+    raw = Config().to_dict()
+    raw["schema"] = 4
+    del raw["train"]["warmup"]
+    assert Config.from_dict(raw).train.warmup == 0.0  # their pix2pix runs had D from the first step
 
 
 # ---------------------------------------------------------------- sample --input

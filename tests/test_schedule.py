@@ -13,7 +13,7 @@ from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixtur
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import training
-from genai_cli.config import Config
+from genai_cli.config import SCHEMA_VERSION, Config
 from genai_cli.objectives import lr_factor
 
 
@@ -64,6 +64,33 @@ def test_max_time_alone_plans_the_length_and_ends_the_schedule_inside_it(bars_ro
     assert max(final_lrs(run.run_dir)) < base * 2 / planned * 1.01 + 1e-12  # the last step ran near zero
 
 
+def test_a_budget_that_slows_down_is_replanned_and_still_ends_by_its_plan(bars_root: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    """The clock runs 1 ms a reading while the first plan is made, then 3 ms: the steps got dearer
+    (grids, checkpoints, a busier machine), so the revisions shorten the plan and the schedule still ends."""
+    clock = {"now": 0.0, "tick": 0.001}
+
+    def monotonic() -> float:
+        clock["now"] += clock["tick"]
+        return clock["now"]
+
+    plans: list[int] = []
+    save_config = ckpt.save_config
+
+    def record(run_dir, config) -> None:
+        if config.train.steps != training.BUDGET_PROVISIONAL_STEPS:
+            plans.append(config.train.steps)
+            clock["tick"] = 0.003
+        save_config(run_dir, config)
+
+    monkeypatch.setattr(training.time, "monotonic", monotonic)
+    monkeypatch.setattr(training.ckpt, "save_config", record)
+    run = training.train(flags(bars_root, "dcgan", **{"train.lr_decay_start": 0.5}), out=str(tmp_path / "r"), max_time=2.0)
+    # the plan, then a revision at 10% of it; the one at 30% would come after the shorter plan's decay began
+    assert len(plans) == 2 and plans[1] < plans[0]
+    assert run.step == plans[-1] and not run.max_time_reached
+    assert ckpt.load_training_state(Path(run.run_dir)).checkpoint.config.train.steps == plans[-1]
+
+
 def test_max_time_with_steps_is_only_a_deadline(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
     run = training.train(flags(bars_root, "vae", **{"train.steps": 5}), out=str(tmp_path / "r"), max_time=600.0)
     assert Config.from_json((Path(run.run_dir) / ckpt.CONFIG_FILE).read_text()).train.steps == 5
@@ -76,7 +103,7 @@ def test_version_1_configs_load_and_keep_what_their_runs_did() -> None:
     del raw["model"]["prior"]
     old = Config.from_dict(raw)
     assert old.train.lr_decay_start == 1.0 and old.model.prior == "standard"
-    for schema in (0, 5, "3", True):
+    for schema in (0, SCHEMA_VERSION + 1, "3", True):
         with pytest.raises(ValueError, match="schema"):
             Config.from_dict({**raw, "schema": schema})
 

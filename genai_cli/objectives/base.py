@@ -85,6 +85,7 @@ class ObjectiveSpec:
     lr: float | None = None  # the paper's learning rate, where it differs from the family's
     beta1: float | None = None  # the paper's Adam betas, likewise (beta2 has no flag)
     beta2: float | None = None
+    warmup: float = 0.0  # default fraction of the run its objective spends on `warmup_step` (same call as `step`) first
 
     @property
     def loss_keys(self) -> tuple[str, ...]:
