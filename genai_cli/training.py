@@ -497,7 +497,7 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
         for images, labels in batches:
             set_learning_rates(session.objective.optimizers, session.objective.base_lrs,
                                lr_factor(session.step, session.total_steps, cfg.lr_decay_start))
-            warming = session.step < session.warmup_steps
+            warming = session.step < session.warmup_steps  # only objectives with a warmup_step have warm-up steps
             update = session.objective.warmup_step if warming else session.objective.step  # type: ignore[attr-defined]
             losses = update(prepare_batch(images), prepare_condition(labels))
             for k, v in losses.items():
