@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--task", action="append", choices=["edges", "masked", "downsampled"])
     parser.add_argument("--loss", action="append", choices=sorted(STEPS), help="default: both")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup", type=float, help="pix2pix's --warmup (0: the paper's schedule, 11,000 steps); default: the family's")
+    parser.add_argument("--warmup", type=float, help="pix2pix's --warmup (0: the paper's schedule, 11,000 steps for the same CPU; other values keep "
+                        "24,500 steps, so their CPU differs); default: the family's")
     parser.add_argument("--n", type=int, default=10_000, help="test pairs scored")
     parser.add_argument("--inception", action="store_true", help="FID on Inception features instead of the classifier's")
     parser.add_argument("--out", type=Path, default=Path("runs/pix2pix-bench"))

@@ -58,6 +58,7 @@ class TrainConfig:
     lr_d: float | None = None  # discriminator lr (TTUR); defaults to lr
     lr_decay_start: float | None = None  # fraction of the run after which lr falls linearly to 0; 1 = constant
     warmup: float | None = None  # fraction of the run spent on the objective's warm-up step first; objective default
+    warmup_steps: int | None = None  # where the warm-up ends: fixed once the run's length is first known, kept on resume
     beta1: float | None = None  # Adam betas; family default
     beta2: float = 0.999
     gan_loss: str = "bce"  # picks the adversarial objective: "bce" (non-saturating), "hinge", ... (genai_cli.objectives)
@@ -106,7 +107,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     2: (("train", "lr_decay_start", 1.0),),
     3: (("model", "prior", "standard"),),
     4: (("model", "in_channels", None), ("data", "pairs", None), ("data", "direction", "AtoB")),
-    5: (("train", "warmup", 0.0),),
+    5: (("train", "warmup", 0.0), ("train", "warmup_steps", 0)),
 }
 
 
@@ -199,6 +200,7 @@ BOUNDS: dict[str, Bound] = {
     "--lr": UNIT_OPEN,
     "--lr-d": UNIT_OPEN,
     "--lr-decay-start": Bound(0, 1),  # a fraction of the run; 1 keeps the rate constant
+    "--warmup": Bound(0, 1, high_open=True),  # a fraction of the run; all of it would leave no step for the objective itself
     "--beta1": DECAY,
     "--ema": DECAY,
     "--seed": Bound(*SEED_RANGE),
@@ -244,7 +246,7 @@ def validate_model(model: ModelConfig, latent: bool = True) -> None:
 def validate_train(train: TrainConfig) -> None:
     """Reject flag values that cannot work, with the valid range in the message."""
     for flag in ("--batch-size", "--log-every", "--sample-every", "--save-every", "--lr", "--lr-d", "--lr-decay-start",
-                 "--beta1", "--ema", "--seed"):
+                 "--warmup", "--beta1", "--ema", "--seed"):
         check_range(flag, getattr(train, flag[2:].replace("-", "_")))
     check_range("--steps", train.steps) if train.steps is not None else check_range("--epochs", train.epochs)
 

@@ -122,12 +122,10 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     train.beta1 = (spec.beta1 if objective.beta1 is None else objective.beta1) if train.beta1 is None else train.beta1
     train.beta2 = train.beta2 if objective.beta2 is None else objective.beta2
     train.ema = spec.ema if train.ema is None else train.ema
-    train.warmup = objective.warmup if train.warmup is None else train.warmup
-    if train.warmup and getattr(objective.build, "warmup_step", objective.build.step) is objective.build.step:
+    if train.warmup and objective.warmup is None:
         raise UsageError(f"--warmup applies to objectives with a warm-up (pix2pix's L1 phase); {objective.description} "
                          "has none: drop --warmup")
-    if not 0 <= train.warmup < 1:
-        raise UsageError(f"--warmup is a fraction of the run from 0 to below 1, got {train.warmup:g}")
+    train.warmup = (objective.warmup or 0.0) if train.warmup is None else train.warmup
     if spec.conditional and not source.labelled:
         raise UsageError(f"--model {spec.name} needs labelled data but {source.name} has no classes; "
                          "use class sub-folders or an unconditional model")
@@ -265,9 +263,11 @@ class Session:
 
     @property
     def warmup_steps(self) -> int:
-        """Steps the objective's warm-up takes: it moves with the plan of a --max-time run, never back
-        over a step already taken (plans are only revised after it ends or while it is far ahead)."""
-        return int((self.config.train.warmup or 0.0) * self.total_steps)
+        """Steps the objective's warm-up takes; all of a --max-time run's until its first plan fixes them."""
+        t = self.config.train
+        if t.warmup_steps is not None:
+            return t.warmup_steps
+        return BUDGET_PROVISIONAL_STEPS if t.warmup else 0
 
     def save(self) -> Path:
         """Rank 0 writes the checkpoint (every rank holds the same weights); never non-finite weights."""
@@ -436,6 +436,8 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
         with ExitStack() as holds:
             session = start_session(plan_run(flags, resume, world, max_time if budgeted else None), out, resume, force, holds)
             session.deadline, session.budgeted = deadline, budgeted
+            if not budgeted and session.config.train.warmup_steps is None:  # a new run: its length is known
+                session.config.train.warmup_steps = int(session.config.train.warmup * session.total_steps)
             if tensorboard and world.is_main:
                 session.tensorboard = holds.enter_context(tboard.Log(session.run_dir, session.step))
             result = train_session(session, resumed=bool(resume))
@@ -531,28 +533,40 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
 
 def plan_budget(session: Session, progress: console.StepProgress) -> None:
     """Under --max-time alone, time the steps after BUDGET_WARMUP, then fix the run's length (stored in
-    config.json and every checkpoint, so --resume follows the schedule the checkpoint holds). One process
-    plans at step BUDGET_PLAN_AT or after 5% of the budget, whichever comes first; several plan at the
-    step, which every rank reaches together, and take rank 0's plan. Revisions come at steps every rank
-    derives from that plan: at BUDGET_REVISE of it, before the learning rate starts to fall (until then
-    it is flat under any plan, so a revision never changes a step already taken), and once more when an
-    objective's warm-up ends, from the speed of the dearer steps after it."""
+    config.json and every checkpoint, so --resume follows the schedule the checkpoint holds).
+
+    - The first plan comes at step BUDGET_PLAN_AT, or for one process after 5% of the budget if that
+      is sooner; every rank takes rank 0's plan. It also fixes where an objective's warm-up ends,
+      pricing the steps after it by the objective's `warmup_cost`.
+    - Revisions come at BUDGET_REVISE of the first plan, at steps every rank derives from it, from the
+      speed of every step so far, and once more 20 steps after a warm-up ends, from the dearer steps
+      after it. Each comes only while the learning rate is flat: until it falls, the rate is the same
+      under any plan, so a revision never changes a step already taken.
+    """
     step, now, train = session.step, time.monotonic(), session.config.train
-    warmup_ended = train.warmup and step == session.warmup_steps
+    warmup_ended = step == session.warmup_steps > 0
     if step == BUDGET_WARMUP or warmup_ended:
         session.budget_from, session.budget_timer = step, now
-        if warmup_ended:
-            session.next_plan = step + BUDGET_PLAN_AT - BUDGET_WARMUP
+    if warmup_ended:
+        replan = step + BUDGET_PLAN_AT - BUDGET_WARMUP
+        flat = replan < train.lr_decay_start * session.total_steps
+        session.next_plan, session.budgeted = (replan, True) if flat else (0, False)
     if step <= session.budget_from or session.deadline is None:
         return
     timed, first = now - session.budget_timer, train.steps == BUDGET_PROVISIONAL_STEPS
     early = first and not session.world.distributed and timed >= BUDGET_PLAN_FRACTION * (session.deadline - session.budget_timer)
     if step != session.next_plan and not early:
         return
-    rate = (step - session.budget_from) / max(timed, 1e-9)
-    planned = step + max(1, int(rate * max(session.deadline - now, 0.0) * BUDGET_USE))
-    if step > session.warmup_steps > 0:
-        planned = min(planned, int(step / train.warmup))  # a longer plan would move the warm-up's end past this step
+    rate = (step - session.budget_from) / max(timed, 1e-9)  # steps a second, of the kind running now
+    left = max(session.deadline - now, 0.0) * BUDGET_USE
+    cost = choose(type(session.model), train.gan_loss).warmup_cost
+    if first and train.warmup:  # a length P whose first warmup*P steps cost `cost` of the others fills what is left
+        total = (rate * left + step) / (train.warmup + (1 - train.warmup) / cost)
+        train.warmup_steps = int(distributed.broadcast_text(str(max(step, int(train.warmup * total))), session.world))
+    warm_left = max(session.warmup_steps - step, 0)
+    full_rate = rate * cost if warm_left else rate
+    planned = session.warmup_steps if warm_left else step
+    planned += max(1, int(full_rate * max(left - warm_left / rate, 0.0)))
     planned = train.steps = int(distributed.broadcast_text(str(planned), session.world))
     if first:
         session.revisions = [int(f * planned) for f in BUDGET_REVISE]
@@ -561,9 +575,9 @@ def plan_budget(session: Session, progress: console.StepProgress) -> None:
     if session.world.is_main:
         ckpt.save_config(session.run_dir, session.config)
     progress.set_total(planned)
-    console.info(f"--max-time: {'planned' if first else 'revised to'} {planned} steps "
-                 f"({rate * train.batch_size:.0f} images/s)"
-                 + ("; the learning-rate schedule ends there" if first else ""))
+    warm = f", the first {session.warmup_steps} a warm-up" if first and train.warmup else ""
+    console.info(f"--max-time: {'planned' if first else 'revised to'} {planned} steps{warm} "
+                 f"({rate * train.batch_size:.0f} images/s)" + ("; the learning-rate schedule ends there" if first else ""))
 
 
 def stop_requests(session: Session, stop: StopRequest, at_log: bool) -> tuple[bool, bool]:

@@ -22,7 +22,7 @@ from genai_cli.errors import UsageError
 from genai_cli.models import MODELS
 from genai_cli.models.pix2pix import patch_layers
 from genai_cli.objectives import choose
-from genai_cli.objectives.pix2pix import WARMUP, Pix2PixObjective
+from genai_cli.objectives.pix2pix import Pix2PixObjective
 
 TINY = {"model.kind": "pix2pix", "model.width": 8, "model.image_size": 16, "train.batch_size": 4,
         "train.steps": 3, "train.log_every": 1}
@@ -153,9 +153,18 @@ def test_the_warm_up_trains_g_on_l1_alone_then_adds_d(idx: Path, tmp_path: Path)
     assert d_updates(run.run_dir) == [2]  # D learned in the last two steps only
 
 
-def test_a_budgeted_run_replans_when_the_dearer_adversarial_steps_start(idx: Path, tmp_path: Path, monkeypatch) -> None:
-    """On a clock that reads 1 ms a call during the warm-up and 3 ms after it: the plan made from warm-up
-    steps would overrun, so it is revised down once D joins, and the run still ends by its plan."""
+def test_a_resumed_run_given_more_steps_keeps_its_warm_up_end(idx: Path, tmp_path: Path) -> None:
+    base = {**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "train.warmup": 0.5}
+    first = training.train({**base, "train.steps": 4}, out=str(tmp_path / "r"))
+    training.train({"train.steps": 8}, resume=first.run_dir)
+    assert ["loss_d" in row for row in metric_rows(first.run_dir)] == [False] * 2 + [True] * 6
+    assert d_updates(first.run_dir) == [6]  # D went on learning: the warm-up did not come back
+
+
+def test_a_budgeted_run_plans_both_phases_and_replans_when_d_joins(idx: Path, tmp_path: Path, monkeypatch) -> None:
+    """On a clock that reads 1 ms a call during the warm-up and 3 ms after it (about the objective's
+    warmup_cost): the warm-up takes about half the budget, as 78% of a run's steps do, and the run ends
+    by its plan, revised once D joins."""
     from genai_cli import checkpoint as ckpt
 
     clock = {"now": 0.0, "tick": 0.001}
@@ -167,6 +176,7 @@ def test_a_budgeted_run_replans_when_the_dearer_adversarial_steps_start(idx: Pat
     adversarial = Pix2PixObjective.step
 
     def dearer(self, real, labels):
+        clock.setdefault("switched", clock["now"])
         clock["tick"] = 0.003
         return adversarial(self, real, labels)
 
@@ -179,10 +189,11 @@ def test_a_budgeted_run_replans_when_the_dearer_adversarial_steps_start(idx: Pat
     flags = {**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "train.steps": None, "train.epochs": None}
     run = training.train(flags, out=str(tmp_path / "r"), max_time=2.0)
     plans = [p for p in plans if p != training.BUDGET_PROVISIONAL_STEPS]
-    assert plans[-1] < plans[-2] and run.step == plans[-1] and not run.max_time_reached
+    assert len(plans) >= 2 and run.step == plans[-1] and not run.max_time_reached
     warm = ["loss_d" not in row for row in metric_rows(run.run_dir)]
     ended = warm.index(False)
-    assert not any(warm[ended:]) and ended >= WARMUP * plans[-1]  # where the stored plan puts the warm-up's end
+    assert not any(warm[ended:]) and ended == Config.from_json((Path(run.run_dir) / "config.json").read_text()).train.warmup_steps
+    assert 0.35 < clock["switched"] / 2.0 < 0.65  # the share of the budget spent warming up
 
 
 def test_a_noise_gan_loss_on_pix2pix_is_a_usage_error(idx: Path, tmp_path: Path) -> None:
@@ -294,7 +305,9 @@ def test_configs_from_before_the_warm_up_load_without_one() -> None:
     raw = Config().to_dict()
     raw["schema"] = 4
     del raw["train"]["warmup"]
-    assert Config.from_dict(raw).train.warmup == 0.0  # their pix2pix runs had D from the first step
+    del raw["train"]["warmup_steps"]
+    old = Config.from_dict(raw).train
+    assert (old.warmup, old.warmup_steps) == (0.0, 0)  # their pix2pix runs had D from the first step
 
 
 # ---------------------------------------------------------------- sample --input

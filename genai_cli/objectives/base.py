@@ -85,7 +85,11 @@ class ObjectiveSpec:
     lr: float | None = None  # the paper's learning rate, where it differs from the family's
     beta1: float | None = None  # the paper's Adam betas, likewise (beta2 has no flag)
     beta2: float | None = None
-    warmup: float = 0.0  # default fraction of the run its objective spends on `warmup_step` (same call as `step`) first
+    # An objective with a warm-up has a `warmup_step` (same call as `step`) that the run's first `warmup`
+    # of steps take (None: no warm-up); `warmup_cost` is a warm-up step's time over a full step's, which
+    # lets a --max-time run plan both phases before it has timed the dearer one.
+    warmup: float | None = None
+    warmup_cost: float = 1.0
 
     @property
     def loss_keys(self) -> tuple[str, ...]:
