@@ -279,9 +279,10 @@ class Session:
         if not self.world.is_main:
             return model_path
         ema = self.objective.ema.shadow if self.objective.ema else None
+        sampled = self.objective.sampling_model(self.source)  # first, so the two files are written back to back
         ckpt.save_training_state(self.run_dir / ckpt.STATE_FILE, self.model, self.objective.optimizers,
                                  self.config, self.step, epoch, str(self.device), ema)
-        ckpt.save_model(model_path, self.objective.sampling_model(self.source), self.config, self.step, epoch, str(self.device))
+        ckpt.save_model(model_path, sampled, self.config, self.step, epoch, str(self.device))
         return model_path
 
     def diverged(self, what: str) -> TrainingDiverged:
