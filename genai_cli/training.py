@@ -538,7 +538,7 @@ def plan_budget(session: Session, progress: console.StepProgress) -> None:
 
     - The first plan comes at step BUDGET_PLAN_AT, or for one process after 5% of the budget if that
       is sooner; every rank takes rank 0's plan. It also fixes where an objective's warm-up ends,
-      pricing the steps after it by the objective's `warmup_cost`.
+      pricing its steps against the full ones by the objective's `warmup_cost`.
     - Revisions come at BUDGET_REVISE of the first plan, at steps every rank derives from it, from the
       speed of every step so far, and once more 20 steps after a warm-up ends, from the dearer steps
       after it. Each comes only while the learning rate is flat: until it falls, the rate is the same
