@@ -142,6 +142,41 @@ def flat_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "flat", classes=(), n_per_class=8)
 
 
+# ---------------------------------------------------------------- --max-time budgets
+
+
+class FakeClock:
+    """training's time.monotonic for budget tests: every reading advances `tick` seconds, so a busy
+    machine cannot change what is tested; raise `tick` to make later steps dearer."""
+
+    def __init__(self, tick: float = 0.001) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def budget_plans(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, then_tick: float | None = None) -> list[int]:
+    """Put `clock` in training's place and return the list that fills with each run length a budgeted
+    run plans or revises (as it saves config.json); `then_tick` becomes the clock's tick at the first."""
+    from genai_cli import checkpoint as ckpt
+    from genai_cli import training
+
+    plans: list[int] = []
+    save_config = ckpt.save_config
+
+    def record(run_dir, config) -> None:
+        if config.train.steps != training.BUDGET_PROVISIONAL_STEPS:
+            plans.append(config.train.steps)
+            clock.tick = then_tick or clock.tick
+        save_config(run_dir, config)
+
+    monkeypatch.setattr(training.time, "monotonic", clock)
+    monkeypatch.setattr(training.ckpt, "save_config", record)
+    return plans
+
+
 # ---------------------------------------------------------------- trained tiny models (session)
 
 TINY_TRAIN_FLAGS = {"model.width": 8, "model.image_size": 16, "train.batch_size": 8, "train.steps": 3, "train.log_every": 1}

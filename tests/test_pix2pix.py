@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_idx_dataset
+from conftest import FakeClock, budget_plans, make_idx_dataset
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -165,35 +165,23 @@ def test_a_budgeted_run_plans_both_phases_and_replans_when_d_joins(idx: Path, tm
     """On a clock that reads 1 ms a call during the warm-up and 3 ms after it (about the objective's
     warmup_cost): the warm-up takes about half the budget, as 78% of a run's steps do, and the run ends
     by its plan, revised once D joins."""
-    from genai_cli import checkpoint as ckpt
-
-    clock = {"now": 0.0, "tick": 0.001}
-
-    def monotonic() -> float:
-        clock["now"] += clock["tick"]
-        return clock["now"]
-
+    clock, switched = FakeClock(0.001), []
     adversarial = Pix2PixObjective.step
 
     def dearer(self, real, labels):
-        clock.setdefault("switched", clock["now"])
-        clock["tick"] = 0.003
+        switched.append(clock.now)
+        clock.tick = 0.003
         return adversarial(self, real, labels)
 
-    plans: list[int] = []
-    save_config = ckpt.save_config
-    monkeypatch.setattr(training.ckpt, "save_config", lambda run_dir, config: (plans.append(config.train.steps),
-                                                                                  save_config(run_dir, config)))
-    monkeypatch.setattr(training.time, "monotonic", monotonic)
+    plans = budget_plans(monkeypatch, clock)
     monkeypatch.setattr(Pix2PixObjective, "step", dearer)
     flags = {**TINY, "data.name": "fashion-mnist", "data.data_dir": str(idx), "train.steps": None, "train.epochs": None}
     run = training.train(flags, out=str(tmp_path / "r"), max_time=2.0)
-    plans = [p for p in plans if p != training.BUDGET_PROVISIONAL_STEPS]
     assert len(plans) >= 2 and run.step == plans[-1] and not run.max_time_reached
     warm = ["loss_d" not in row for row in metric_rows(run.run_dir)]
     ended = warm.index(False)
     assert not any(warm[ended:]) and ended == Config.from_json((Path(run.run_dir) / "config.json").read_text()).train.warmup_steps
-    assert 0.35 < clock["switched"] / 2.0 < 0.65  # the share of the budget spent warming up
+    assert 0.35 < switched[0] / 2.0 < 0.65  # the share of the budget spent warming up
 
 
 def test_a_noise_gan_loss_on_pix2pix_is_a_usage_error(idx: Path, tmp_path: Path) -> None:

@@ -3,11 +3,11 @@ inside it, and a stopped run resumes onto the same curve bit for bit."""
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import FakeClock, budget_plans
 from safetensors.torch import load_file
 from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixture)
 
@@ -53,8 +53,7 @@ def test_a_stopped_scheduled_run_resumes_bit_for_bit(bars_root: Path, tmp_path: 
 
 def test_max_time_alone_plans_the_length_and_ends_the_schedule_inside_it(bars_root: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
     """On a clock that ticks 1 ms per reading, so a busy machine cannot change what is tested."""
-    ticks = itertools.count()
-    monkeypatch.setattr(training.time, "monotonic", lambda: next(ticks) / 1000)
+    monkeypatch.setattr(training.time, "monotonic", FakeClock(0.001))
     run = training.train(flags(bars_root, "dcgan", **{"train.lr_decay_start": 0.5}), out=str(tmp_path / "r"), max_time=4.0)
     planned = Config.from_json((Path(run.run_dir) / ckpt.CONFIG_FILE).read_text()).train.steps
     assert training.BUDGET_PLAN_AT <= planned < training.BUDGET_PROVISIONAL_STEPS
@@ -67,23 +66,7 @@ def test_max_time_alone_plans_the_length_and_ends_the_schedule_inside_it(bars_ro
 def test_a_budget_that_slows_down_is_replanned_and_still_ends_by_its_plan(bars_root: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
     """The clock runs 1 ms a reading while the first plan is made, then 3 ms: the steps got dearer
     (grids, checkpoints, a busier machine), so the revisions shorten the plan and the schedule still ends."""
-    clock = {"now": 0.0, "tick": 0.001}
-
-    def monotonic() -> float:
-        clock["now"] += clock["tick"]
-        return clock["now"]
-
-    plans: list[int] = []
-    save_config = ckpt.save_config
-
-    def record(run_dir, config) -> None:
-        if config.train.steps != training.BUDGET_PROVISIONAL_STEPS:
-            plans.append(config.train.steps)
-            clock["tick"] = 0.003
-        save_config(run_dir, config)
-
-    monkeypatch.setattr(training.time, "monotonic", monotonic)
-    monkeypatch.setattr(training.ckpt, "save_config", record)
+    plans = budget_plans(monkeypatch, FakeClock(0.001), then_tick=0.003)
     run = training.train(flags(bars_root, "dcgan", **{"train.lr_decay_start": 0.5}), out=str(tmp_path / "r"), max_time=2.0)
     # the plan, then a revision at 10% of it; the one at 30% would come after the shorter plan's decay began
     assert len(plans) == 2 and plans[1] < plans[0]
