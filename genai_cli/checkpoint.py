@@ -181,8 +181,19 @@ def load_file(path: Path, role: str = ROLE_MODEL) -> Checkpoint:
 
 def load_weights_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Strict load with a one-line error when names, shapes or dtypes do not match."""
+    tensors = upgrade_tensors(module, tensors)
     check_weights(module, tensors, path)
     module.load_state_dict(tensors)
+
+
+def upgrade_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` in the layout `module` has now: a submodule whose buffers changed layout since older
+    files were written says how to convert them (`upgrade_tensors(prefix, tensors)`, in place)."""
+    tensors = dict(tensors)
+    for name, sub in module.named_modules():
+        if hasattr(sub, "upgrade_tensors"):
+            sub.upgrade_tensors(f"{name}." if name else "", tensors)
+    return tensors
 
 
 def check_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -320,6 +331,7 @@ def load_model(checkpoint: str | None, device: torch.device, expect_kind: str | 
     if half:
         prefix = generating_prefix(model)
         weights = {k.removeprefix(prefix): v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    weights = upgrade_tensors(model.generating_half() if half else model, weights)
     check_weights(model.generating_half() if half else model, weights, path)
     model = build(on_meta=False)
     load_weights_into(model.generating_half() if half else model, weights, path)

@@ -167,7 +167,7 @@ def train(
     channels: Annotated[Optional[int], typer.Option(help="1 (gray) or 3 (RGB). \\[default: the dataset's]")] = None,
     width: Annotated[Optional[int], typer.Option(help=f"Base channel width of the networks. \\[default: {_M.width}]")] = None,
     beta: Annotated[Optional[float], typer.Option(help=f"VAE KL weight (beta-VAE). \\[default: {_M.beta}]")] = None,
-    prior: Annotated[Optional[str], choice(choices.PRIORS, "--prior", help="VAE latents: fitted (a Gaussian fitted to the training codes when training ends; sharper samples) or standard (N(0, I)). \\[default: fitted for VAEs]")] = None,
+    prior: Annotated[Optional[str], choice(choices.PRIORS, "--prior", help="VAE latents: fitted (a Gaussian fitted to the training codes when training ends, one per class for cvae; sharper samples) or standard (N(0, I)). \\[default: fitted for VAEs]")] = None,
     norm: Annotated[Optional[str], choice(choices.NORMS, "--norm", help=f"Normalisation layers: batch, group (independent of how processes split a batch) or none. \\[default: {_M.norm}]")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed for weights, batches and noise. \\[default: {_T.seed}]")] = None,
     device: Device = None,

@@ -462,8 +462,6 @@ def vae_metrics(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
     model.eval()
     fitted = model.decoder.prior
     standard = torch.distributions.Normal(0, 1)
-    sampling_prior = (torch.distributions.MultivariateNormal(fitted.mean, scale_tril=fitted.scale_tril)
-                      if fitted is not None else None)
     elbo_sum = iw_sum = iw_standard_sum = mse_sum = 0.0
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device).float() / 255
@@ -476,7 +474,7 @@ def vae_metrics(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
             log_px = -F.binary_cross_entropy_with_logits(model.decode_logits(z, y), x, reduction="none").flatten(1).sum(1)
             log_qz = torch.distributions.Normal(mu, std).log_prob(z).sum(1)
             log_w_standard.append(log_px + standard.log_prob(z).sum(1) - log_qz)
-            log_w.append(log_px + sampling_prior.log_prob(z) - log_qz if sampling_prior is not None else log_w_standard[-1])
+            log_w.append(log_px + fitted.distribution(y).log_prob(z) - log_qz if fitted is not None else log_w_standard[-1])
         stacked = torch.stack(log_w)
         elbo_sum += float(stacked.mean(0).sum())
         iw_sum += float((torch.logsumexp(stacked, 0) - math.log(k)).sum())

@@ -14,6 +14,7 @@ from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixtur
 from genai_cli import checkpoint as ckpt
 from genai_cli import training
 from genai_cli.config import SCHEMA_VERSION, Config
+from genai_cli.models import MODELS
 from genai_cli.objectives import lr_factor
 
 
@@ -91,14 +92,18 @@ def test_version_1_configs_load_and_keep_what_their_runs_did() -> None:
             Config.from_dict({**raw, "schema": schema})
 
 
-def test_a_short_budget_uses_the_familys_short_recipe_unless_flags_say_otherwise(bars_root: Path) -> None:  # noqa: F811
-    from genai_cli.models import MODELS
+@pytest.mark.parametrize("kind", [name for name in MODELS.names() if MODELS.get(name).short_budget])
+def test_a_short_budget_uses_the_familys_short_recipe_unless_flags_say_otherwise(bars_root: Path, kind: str) -> None:  # noqa: F811
+    seconds, recipe = MODELS.get(kind).short_budget
 
-    seconds, recipe = MODELS.get("dcgan").short_budget
+    def chosen(config: Config) -> dict:
+        return {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in recipe}
+
     unset = {key: None for key in recipe}
-    short = training.plan_run(flags(bars_root, "dcgan", **unset), None, budget=seconds).config
-    assert {key: getattr(getattr(short, key.split(".")[0]), key.split(".")[1]) for key in recipe} == recipe
-    mine = training.plan_run(flags(bars_root, "dcgan", **{**unset, "model.width": 8}), None, budget=seconds).config
+    short = training.plan_run(flags(bars_root, kind, **unset), None, budget=seconds).config
+    assert chosen(short) == recipe
+    mine = training.plan_run(flags(bars_root, kind, **{**unset, "model.width": 8}), None, budget=seconds).config
     assert mine.model.width == 8  # a flag the user gave wins
-    long = training.plan_run(flags(bars_root, "dcgan", **unset), None, budget=seconds * 2).config
-    assert long.model.width == 64  # a longer budget keeps the family's defaults
+    given = {"train.batch_size": 16} if "train.batch_size" in recipe else {}  # the family's 128 exceeds this dataset
+    long = chosen(training.plan_run(flags(bars_root, kind, **{**unset, **given}), None, budget=seconds * 2).config)
+    assert all(long[key] != value for key, value in recipe.items() if key not in given)  # a longer budget keeps the family's defaults

@@ -37,29 +37,54 @@ class Encoder(nn.Module):
 class FittedPrior(nn.Module):
     """N(mean, L L^T) fitted to the training set's codes once training ends (ex-post density estimation,
     Ghosh et al. 2020): a VAE's codes do not fill N(0, I), and decoding the regions between them gives
-    the blurry, off-manifold samples. It maps N(0, I) noise, so seeds, sampling and export keep their
-    interface; until it is fitted it is the identity (N(0, I) itself)."""
+    the blurry, off-manifold samples. A CVAE gets one Gaussian per class, fitted to that class's codes:
+    its encoder sees the image, so the codes still carry the class, and a code drawn from the pooled
+    Gaussian with the label of another class decodes as neither. It maps N(0, I) noise, so seeds,
+    sampling and export keep their interface; until it is fitted it is the identity (N(0, I) itself)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, classes: int = 0) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("scale_tril", torch.eye(dim))
+        self.register_buffer("mean", torch.zeros(max(classes, 1), dim))
+        self.register_buffer("scale_tril", torch.eye(dim).repeat(max(classes, 1), 1, 1))
 
-    def forward(self, eps: torch.Tensor) -> torch.Tensor:
-        return self.mean + eps @ self.scale_tril.T
+    def forward(self, eps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None or len(self.mean) == 1:
+            return self.mean[0] + eps @ self.scale_tril[0].T
+        return self.mean[labels] + (self.scale_tril[labels] @ eps.unsqueeze(-1)).squeeze(-1)
+
+    def distribution(self, labels: torch.Tensor | None = None) -> torch.distributions.MultivariateNormal:
+        """p(z), or p(z | label) per row, for the likelihood bounds."""
+        if labels is None or len(self.mean) == 1:
+            return torch.distributions.MultivariateNormal(self.mean[0], scale_tril=self.scale_tril[0])
+        return torch.distributions.MultivariateNormal(self.mean[labels], scale_tril=self.scale_tril[labels])
 
     @torch.no_grad()
-    def fit(self, means: torch.Tensor, variances: torch.Tensor | None = None) -> None:
-        """Match the aggregate posterior's first two moments: the codes' mean, and the covariance of
-        the posterior means plus the average posterior variance (without it the prior is narrower
-        than the codes, which sharpens samples but costs likelihood). float64; a tiny ridge keeps
-        the factor positive."""
-        x = means.double()
-        cov = torch.cov(x.T) + 1e-6 * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        if variances is not None:
-            cov += torch.diag(variances.double().mean(0))
-        self.mean.copy_(x.mean(0))
-        self.scale_tril.copy_(torch.linalg.cholesky(cov))
+    def fit(self, means: torch.Tensor, variances: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
+        """Match the aggregate posterior's first two moments (per class with `labels`): the codes' mean,
+        and the covariance of the posterior means plus the average posterior variance (without it the
+        prior is narrower than the codes, which sharpens samples but costs likelihood). A class with
+        fewer than two codes keeps the pooled fit. float64; a tiny ridge keeps the factor positive."""
+        pooled = _moments(means, variances)
+        for k in range(len(self.mean)):
+            rows = labels == k if labels is not None and len(self.mean) > 1 else slice(None)
+            fit = _moments(means[rows], None if variances is None else variances[rows]) if len(means[rows]) > 1 else pooled
+            self.mean[k], self.scale_tril[k] = fit
+
+    def upgrade_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Files written before per-class priors hold one (dim,) Gaussian: every class gets it, which
+        samples exactly what those files sampled."""
+        for name, buffer in (("mean", self.mean), ("scale_tril", self.scale_tril)):
+            stored = tensors.get(prefix + name)
+            if stored is not None and stored.dim() == buffer.dim() - 1:
+                tensors[prefix + name] = stored.expand(buffer.shape).clone()
+
+
+def _moments(means: torch.Tensor, variances: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    x = means.double()
+    cov = torch.cov(x.T) + 1e-6 * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    if variances is not None:
+        cov += torch.diag(variances.double().mean(0))
+    return x.mean(0), torch.linalg.cholesky(cov)
 
 
 class Decoder(nn.Module):
@@ -69,7 +94,7 @@ class Decoder(nn.Module):
         self.labels = LabelEmbedding(config.num_classes, LABEL_EMBEDDING_DIM) if config.num_classes else None
         in_dim = config.latent_dim + (LABEL_EMBEDDING_DIM if self.labels else 0)
         self.body = ConvGenerator(in_dim, config.channels, config.image_size, config.width, config.norm)
-        self.prior = FittedPrior(config.latent_dim) if config.prior == "fitted" else None
+        self.prior = FittedPrior(config.latent_dim, config.num_classes) if config.prior == "fitted" else None
 
     def logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.labels is not None:
@@ -82,7 +107,13 @@ class Decoder(nn.Module):
 
     def forward(self, eps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """A sample: N(0, I) noise through the prior (fitted, or the standard one), decoded."""
-        return self.mean_image(self.prior(eps) if self.prior is not None else eps, labels)
+        return self.mean_image(self.prior(eps, labels) if self.prior is not None else eps, labels)
+
+
+# --max-time up to 10 min: half the width runs 2.8x the images a second, batch 64 takes twice the
+# steps, and a linear decay over the second half settles the weights: test ELBO -240.6 in 300 s of
+# one thread against -245.3 for width 64, batch 128 (benchmarks/RESULTS.md, VAE at equal wall time)
+SHORT_BUDGET = (600.0, {"model.width": 32, "train.batch_size": 64, "train.lr_decay_start": 0.5})
 
 
 def build(config: ModelConfig) -> VariationalModel:
@@ -99,6 +130,7 @@ SPEC = ModelSpec(
     ema=0.0,
     prior="fitted",
     shape=VariationalModel,
+    short_budget=SHORT_BUDGET,
 )
 
 CONDITIONAL_SPEC = ModelSpec(
@@ -112,4 +144,5 @@ CONDITIONAL_SPEC = ModelSpec(
     ema=0.0,
     prior="fitted",
     shape=VariationalModel,
+    short_budget=SHORT_BUDGET,
 )

@@ -58,12 +58,13 @@ class ELBOObjective:
 
     @torch.no_grad()
     def finish(self, source: ImageSource, batch: int = 500) -> None:
-        """Fit the decoder's prior (if it has one) to the posteriors of every training image."""
+        """Fit the decoder's prior (if it has one) to the posteriors of every training image (per class for a CVAE)."""
         prior = self.model.decoder.prior
         if prior is None:
             return
         means, variances = posterior_moments(self.model, source, self.device, batch)
-        prior.fit(means, variances)
+        labels = source.all_labels() if self.model.conditional else None
+        prior.fit(means, variances, None if labels is None else labels.to(means.device))
 
     def sample_grid(self, source: ImageSource) -> SampleGrid:
         return noise_grid(self.model)
