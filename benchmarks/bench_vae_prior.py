@@ -1,7 +1,8 @@
 """What the fitted prior buys a VAE: one trained run's weights, scored with `genai eval` under
 three priors: N(0, I) (a plain VAE), a Gaussian fitted to the posterior means alone, and the
 Gaussian matching the aggregate posterior's moments (what `genai train` fits: the means'
-covariance plus the average posterior variance). Same seeds, reference and extractor.
+covariance plus the average posterior variance). A CVAE gets a fourth, one such Gaussian per
+class (what `genai train` fits for it), and its class accuracy. Same seeds, reference and extractor.
 
     python benchmarks/bench_vae_prior.py runs/vae-fashion-mnist-001 [--inception] [--n 10000]
 
@@ -40,6 +41,8 @@ def write_variants(run: Path, folder: Path) -> dict[str, Path]:
     prior, dim = model.decoder.prior, model.latent_dim
     fits = {"standard": lambda: (prior.mean.zero_(), prior.scale_tril.copy_(torch.eye(dim))),
             "means": lambda: prior.fit(means), "aggregate": lambda: prior.fit(means, variances)}
+    if model.conditional:  # "aggregate" pools the classes; a CVAE trains one Gaussian per class
+        fits["per_class"] = lambda: prior.fit(means, variances, train.all_labels())
     with safe_open(str(run / "model.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
     paths = {}
@@ -52,8 +55,9 @@ def write_variants(run: Path, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def score(checkpoint: Path, args: argparse.Namespace) -> dict:
-    extra = ["--features", "inception", "--ref-stats", str(args.ref_stats)] if args.inception else ["--metrics", "fid,pr,nll"]
+def score(checkpoint: Path, args: argparse.Namespace, conditional: bool) -> dict:
+    metrics = "fid,pr,nll" + (",acc" if conditional else "")
+    extra = ["--features", "inception", "--ref-stats", str(args.ref_stats)] if args.inception else ["--metrics", metrics]
     proc = subprocess.run([sys.executable, "-m", "genai_cli", "eval", "-c", str(checkpoint), "--n", str(args.n),
                            "--iw-samples", str(args.iw_samples), *extra, "--json", "-q"], stdout=subprocess.PIPE, check=True)
     return json.loads(proc.stdout)["metrics"]
@@ -69,8 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         variants = write_variants(args.run, Path(tmp))
+        conditional = "per_class" in variants
         result = {"run": str(args.run), "n": args.n, "features": "inception" if args.inception else "classifier",
-                  **{name: score(path, args) for name, path in variants.items()}}
+                  **{name: score(path, args, conditional) for name, path in variants.items()}}
     print(json.dumps(result))
 
 
