@@ -71,8 +71,8 @@ def test_training_fits_the_prior_and_sampling_uses_it(bars_root: Path, tmp_path:
 
 
 def test_a_cvae_written_with_one_pooled_prior_samples_what_it_sampled(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    """Files from before per-class priors hold one (dim,) Gaussian; every class gets it, and sampling,
-    eval and resume read the file."""
+    """Files from before per-class priors hold one (dim,) Gaussian: every class gets it, so they sample
+    what they sampled, and `sample` and `--resume` read them."""
     run = Path(training.train(flags(bars_root, "cvae", **{"train.steps": 4}), out=str(tmp_path / "r")).run_dir)
     from safetensors import safe_open
     from safetensors.torch import save_file

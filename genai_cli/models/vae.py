@@ -113,7 +113,7 @@ class Decoder(nn.Module):
 # --max-time up to 10 min: half the width runs 2.3x the images a second, batch 64 takes twice the
 # steps for them, and a linear decay over the second half settles the weights: test ELBO -240.6 in
 # 300 s of one thread against -245.3 for width 64 and batch 128, and ahead of pytorch/examples' VAE
-# at 60 s and 300 s (benchmarks/RESULTS.md, VAE at equal wall time)
+# at 60 s, 5 and 10 min (benchmarks/RESULTS.md, VAE at equal wall time)
 SHORT_BUDGET = (600.0, {"model.width": 32, "train.batch_size": 64, "train.lr_decay_start": 0.5})
 
 
