@@ -334,7 +334,7 @@ def load_model(checkpoint: str | None, device: torch.device, expect_kind: str | 
     weights = upgrade_tensors(model.generating_half() if half else model, weights)
     check_weights(model.generating_half() if half else model, weights, path)
     model = build(on_meta=False)
-    load_weights_into(model.generating_half() if half else model, weights, path)
+    (model.generating_half() if half else model).load_state_dict(weights)  # upgraded and checked above
     return model.to(device).eval(), loaded
 
 

@@ -468,13 +468,14 @@ def vae_metrics(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
         y = labels[start : start + batch].to(device) if model.conditional and labels is not None else None
         mu, logvar = model.encoder(x * 2 - 1, y)
         std = torch.exp(0.5 * logvar)
+        sampling_prior = fitted.distribution(y) if fitted is not None else None  # p(z), or p(z | y) per row
         log_w, log_w_standard = [], []
         for _ in range(k):
             z = mu + std * torch.randn_like(std)
             log_px = -F.binary_cross_entropy_with_logits(model.decode_logits(z, y), x, reduction="none").flatten(1).sum(1)
             log_qz = torch.distributions.Normal(mu, std).log_prob(z).sum(1)
             log_w_standard.append(log_px + standard.log_prob(z).sum(1) - log_qz)
-            log_w.append(log_px + fitted.distribution(y).log_prob(z) - log_qz if fitted is not None else log_w_standard[-1])
+            log_w.append(log_px + sampling_prior.log_prob(z) - log_qz if sampling_prior is not None else log_w_standard[-1])
         stacked = torch.stack(log_w)
         elbo_sum += float(stacked.mean(0).sum())
         iw_sum += float((torch.logsumexp(stacked, 0) - math.log(k)).sum())
