@@ -249,6 +249,11 @@ def signal_during(owner: object, name: str, signum: int, after: bool = True) -> 
     Without a genai handler SIGTERM would kill the test process, so that case fails the row instead."""
     def setup(ctx: Ctx) -> None:
         real = getattr(owner, name)
+        if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
+            # pytest started by a background shell (`cmd &`) inherits an ignored SIGINT, which genai rightly
+            # keeps; a user at a terminal has Python's KeyboardInterrupt handler, the case this row checks
+            previous = signal.signal(signum, signal.default_int_handler)
+            ctx.cleanups.append(lambda: signal.signal(signum, previous))
 
         def signalled(*args, **kwargs):
             assert signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None), \
