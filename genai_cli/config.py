@@ -17,7 +17,8 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 5  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup. Older configs load with what their runs did.
+SCHEMA_VERSION = 6  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout.
+# Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
 SEED_RANGE = (0, 2**64 - 1)
@@ -37,6 +38,7 @@ class ModelConfig:
     norm: str = "batch"  # "batch", "group" or "none" (see models.blocks.norm_layer)
     prior: str | None = None  # latents: "standard" N(0, I) or "fitted" to the codes (VAEs); family default
     in_channels: int | None = None  # channels of the input image, for models that translate one (pix2pix)
+    dropout: float = 0.0  # dropout after each hidden layer of the MLP GAN's discriminator (0.3 before schema 6)
 
 
 @dataclass
@@ -103,11 +105,13 @@ class Config:
 
 
 # What each schema added, and the value that reproduces how runs of older schemas trained and sample.
+# A value may be a function of the raw config, for a field whose old value depended on the family.
 UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     2: (("train", "lr_decay_start", 1.0),),
     3: (("model", "prior", "standard"),),
     4: (("model", "in_channels", None), ("data", "pairs", None), ("data", "direction", "AtoB")),
     5: (("train", "warmup", 0.0), ("train", "warmup_steps", 0)),
+    6: (("model", "dropout", lambda raw: 0.3 if raw["model"].get("kind") == "gan" else 0.0),),
 }
 
 
@@ -116,7 +120,7 @@ def _upgrade(raw: dict[str, Any], schema: int) -> dict[str, Any]:
     for version, fields in UPGRADES.items():
         for section, name, value in fields:
             if schema < version and isinstance(raw.get(section), dict):
-                raw = {**raw, section: {name: value, **raw[section]}}
+                raw = {**raw, section: {name: value(raw) if callable(value) else value, **raw[section]}}
     return raw
 
 

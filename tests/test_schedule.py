@@ -3,6 +3,7 @@ inside it, and a stopped run resumes onto the same curve bit for bit."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,40 @@ def test_version_1_configs_load_and_keep_what_their_runs_did() -> None:
     for schema in (0, SCHEMA_VERSION + 1, "3", True):
         with pytest.raises(ValueError, match="schema"):
             Config.from_dict({**raw, "schema": schema})
+
+
+def as_schema_5(run: Path) -> None:
+    """Rewrite a run's files as genai wrote them before schema 6 (no model.dropout in their configs)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE):
+        with safe_open(str(run / name), framework="pt") as handle:
+            meta = handle.metadata()
+        raw = json.loads(meta["genai.config"])
+        raw["schema"] = 5
+        del raw["model"]["dropout"]
+        save_file(load_file(run / name), str(run / name), metadata={**meta, "genai.config": json.dumps(raw)})
+    raw = json.loads((run / ckpt.CONFIG_FILE).read_text())
+    raw["schema"] = 5
+    del raw["model"]["dropout"]
+    (run / ckpt.CONFIG_FILE).write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("kind,dropout", [("gan", 0.3), ("dcgan", 0.0)])
+def test_runs_from_before_schema_6_keep_the_discriminator_they_trained(bars_root: Path, tmp_path: Path, kind: str,  # noqa: F811
+                                                                        dropout: float) -> None:
+    """An MLP GAN written before schema 6 had dropout 0.3 in D (its weights are numbered around those
+    layers); it loads, samples and resumes with it. Other families never had any."""
+    run = Path(training.train(flags(bars_root, kind, **{"train.steps": 2, "model.dropout": dropout}),
+                              out=str(tmp_path / "r")).run_dir)
+    as_schema_5(run)
+    model, _ = ckpt.load_model(str(run), torch.device("cpu"))
+    assert model.config.dropout == dropout
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.discriminator.modules()) == (dropout > 0)
+    resumed = training.train({"train.steps": 4}, resume=str(run))
+    assert resumed.step == 4
+    assert ckpt.load_training_state(run).checkpoint.config.model.dropout == dropout
 
 
 @pytest.mark.parametrize("kind", [name for name in MODELS.names() if MODELS.get(name).short_budget])
