@@ -27,6 +27,7 @@ from genai_cli.images import GRID_PADDING
 REPORT_FILE = rundir.REPORT_FILE
 MAX_GRIDS = 9  # sample grids shown, evenly spaced over the run (the last always): the page stays small
 INTERPOLATION_FRAMES = 8
+INTERPOLATION_CLASSES = 10  # rows of a conditional model's walk; more would dwarf the page
 GRID_DISPLAY = 400  # px a grid is scaled towards, by a whole factor so pixels stay square
 EVAL_COLUMNS = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "acc", "intra_fid", "elbo", "nll",
                 "recon_mse", "l1", "psnr", "ssim")  # the order of the table's columns; others follow
@@ -211,7 +212,8 @@ def png_of(image: Image.Image) -> bytes:
 
 
 def interpolation_section(model_path: Path, config: Config) -> str:
-    """A latent walk (slerp) from seed 0 to seed 1, generated from the checkpoint on the CPU."""
+    """A latent walk (slerp) from seed 0 to seed 1, generated from the checkpoint on the CPU; a
+    conditional model walks it once per class (the first INTERPOLATION_CLASSES), a row each."""
     if config.model.in_channels:  # a translating model has no latent to walk
         return ""
     import torch
@@ -220,13 +222,14 @@ def interpolation_section(model_path: Path, config: Config) -> str:
 
     model, _ = ckpt.load_model(str(model_path), torch.device("cpu"))
     ends = sampling.latents([0, 1], model.latent_dim)
-    z = sampling.slerp(ends[0], ends[1], INTERPOLATION_FRAMES)
-    labels = torch.zeros(INTERPOLATION_FRAMES, dtype=torch.long) if model.conditional else None
+    rows = min(config.model.num_classes, INTERPOLATION_CLASSES) if model.conditional else 1
+    z = sampling.slerp(ends[0], ends[1], INTERPOLATION_FRAMES).repeat(rows, 1)
+    labels = torch.arange(rows).repeat_interleave(INTERPOLATION_FRAMES) if model.conditional else None
     strip = images.png_bytes(images.grid(sampling.generate(model, z, labels, torch.device("cpu")), INTERPOLATION_FRAMES))
-    of_class = f", class {config.data.classes[0]}" if model.conditional and config.data.classes else ""
-    class_flag = " --class 0" if model.conditional else ""
-    caption = f"seed 0 → seed 1, {INTERPOLATION_FRAMES} frames{of_class} (genai sample --interpolate 0 1 --frames {INTERPOLATION_FRAMES}{class_flag})"
-    return f"<h2>Interpolation</h2>{figure(strip, caption, display=720)}"
+    names = config.data.classes[:rows] if model.conditional and len(config.data.classes) >= rows else None
+    per_class = ", one row per class (--class K)" if model.conditional else ""
+    caption = f"seed 0 → seed 1, {INTERPOLATION_FRAMES} frames{per_class} (genai sample --interpolate 0 1 --frames {INTERPOLATION_FRAMES})"
+    return f"<h2>Interpolation</h2>{figure(strip, caption, names, config.model.image_size, display=720)}"
 
 
 # ---------------------------------------------------------------- charts

@@ -158,7 +158,10 @@ def test_a_conditional_models_rows_carry_their_class_names(runs: dict[str, Path]
     grids = len(list((runs["cgan"] / "samples").glob("step_*.png")))
     assert grids == 3
     for name in FASHION:
-        assert page.count(f">{name}</span>") == grids, name
+        assert page.count(f">{name}</span>") == grids + 1, name  # every sample grid, and the interpolation
+    walk = images_of(page.split("<h2>Interpolation</h2>", 1)[1])[0]
+    rows = Image.open(io.BytesIO(base64.b64decode(walk.split(",", 1)[1])))
+    assert rows.height > len(FASHION) * 16  # a walk for every class (16 px images), not class 0 alone
 
 
 def test_a_vaes_reconstructions_are_labelled(runs: dict[str, Path]) -> None:
