@@ -54,10 +54,11 @@ RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "
              "train.save_every", "train.lr", "train.lr_d", "train.lr_decay_start", "data.data_dir"}
 # A --max-time budget: steps BUDGET_WARMUP..BUDGET_PLAN_AT are timed, then the run's length is
 # fixed to what fits in BUDGET_USE of the time left (the rest covers the final save). Twenty steps
-# miss what later steps pay (grids, checkpoints, a busier machine), so the plan is revised at
-# BUDGET_REVISE fractions of it from the speed of every step so far, until the rate starts to fall.
+# miss what later steps pay (grids, checkpoints), and a shared machine's load comes and goes, so the
+# plan is revised at BUDGET_REVISE fractions of it from the speed of the steps since the last plan,
+# until the rate starts to fall (a constant-rate family revises to the end).
 BUDGET_WARMUP, BUDGET_PLAN_AT, BUDGET_PLAN_FRACTION, BUDGET_USE = 5, 25, 0.05, 0.95
-BUDGET_REVISE = (0.1, 0.3)
+BUDGET_REVISE = (0.1, 0.3, 0.5, 0.7, 0.9)
 BUDGET_PROVISIONAL_STEPS = 10**9
 
 
@@ -540,9 +541,10 @@ def plan_budget(session: Session, progress: console.StepProgress) -> None:
       is sooner; every rank takes rank 0's plan. It also fixes where an objective's warm-up ends,
       pricing its steps against the full ones by the objective's `warmup_cost`.
     - Revisions come at BUDGET_REVISE of the first plan, at steps every rank derives from it, from the
-      speed of every step so far, and once more 20 steps after a warm-up ends, from the dearer steps
-      after it. Each comes only while the learning rate is flat: until it falls, the rate is the same
-      under any plan, so a revision never changes a step already taken.
+      speed of the steps since the previous plan (so a machine whose other jobs end mid-run still
+      fills its budget), and once more 20 steps after a warm-up ends, from the dearer steps after it.
+      Each comes only while the learning rate is flat: until it falls, the rate is the same under any
+      plan, so a revision never changes a step already taken.
     """
     step, now, train = session.step, time.monotonic(), session.config.train
     warmup_ended = step == session.warmup_steps > 0
@@ -576,6 +578,7 @@ def plan_budget(session: Session, progress: console.StepProgress) -> None:
     if session.world.is_main:
         ckpt.save_config(session.run_dir, session.config)
     progress.set_total(planned)
+    session.budget_from, session.budget_timer = step, now  # the next revision times the steps from here
     warm = f", the first {session.warmup_steps} a warm-up" if first and train.warmup else ""
     console.info(f"--max-time: {'planned' if first else 'revised to'} {planned} steps{warm} "
                  f"({rate * train.batch_size:.0f} images/s)" + ("; the learning-rate schedule ends there" if first else ""))

@@ -76,6 +76,24 @@ def test_a_budget_that_slows_down_is_replanned_and_still_ends_by_its_plan(bars_r
     assert ckpt.load_training_state(Path(run.run_dir)).checkpoint.config.train.steps == plans[-1]
 
 
+def test_a_budget_that_speeds_up_late_is_replanned_to_use_it(bars_root: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    """The clock runs 2 ms a reading until the third plan (the revision at 30%), then 1 ms: another job
+    on the machine ended. A constant-rate run keeps revising, each time from the speed since the last
+    plan, so it trains on for the time it now has instead of stopping at the length planned while slow."""
+    clock = FakeClock(0.002)
+    plans = budget_plans(monkeypatch, clock)
+    record = training.ckpt.save_config
+
+    def quieter_after_the_third_plan(run_dir, config) -> None:
+        record(run_dir, config)
+        clock.tick = 0.001 if len(plans) >= 3 else clock.tick
+    monkeypatch.setattr(training.ckpt, "save_config", quieter_after_the_third_plan)
+    run = training.train(flags(bars_root, "dcgan", **{"train.lr_decay_start": 1.0}), out=str(tmp_path / "r"), max_time=2.0)
+    assert len(plans) == 1 + len(training.BUDGET_REVISE) and plans == sorted(plans)
+    assert plans[-1] > 1.5 * plans[2]  # about twice the steps fit in what was left at the third plan
+    assert run.step == plans[-1] and not run.max_time_reached  # the plan, not the deadline, ended it
+
+
 def test_max_time_with_steps_is_only_a_deadline(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
     run = training.train(flags(bars_root, "vae", **{"train.steps": 5}), out=str(tmp_path / "r"), max_time=600.0)
     assert Config.from_json((Path(run.run_dir) / ckpt.CONFIG_FILE).read_text()).train.steps == 5
