@@ -1,8 +1,8 @@
 """The original GAN (Goodfellow et al. 2014) with multilayer perceptrons.
 
 G: z -> 256 -> 512 -> 1024 -> pixels (tanh); D: pixels -> 1024 -> 512 -> 256 -> logit,
-LeakyReLU(0.2). Widths scale with --width (64 gives the sizes above). The paper's dropout in D
-(0.3, before schema 6) cost a quarter of the FID at equal images, so D now has none
+LeakyReLU(0.2). Widths scale with --width (64 gives the sizes above). D has no dropout: removing
+the paper's (0.3, kept by files from before schema 6) cut the FID by a quarter at equal images
 (benchmarks/RESULTS.md, "The MLP GAN").
 """
 
