@@ -133,7 +133,7 @@ def as_schema_5(run: Path) -> None:
 def test_runs_from_before_schema_6_keep_the_discriminator_they_trained(bars_root: Path, tmp_path: Path, kind: str,  # noqa: F811
                                                                         dropout: float) -> None:
     """An MLP GAN written before schema 6 had dropout 0.3 in D (its weights are numbered around those
-    layers); it loads, samples and resumes with it. Other families never had any."""
+    layers); it loads (as `sample` does) and resumes with it. Other families never had any."""
     run = Path(training.train(flags(bars_root, kind, **{"train.steps": 2, "model.dropout": dropout}),
                               out=str(tmp_path / "r")).run_dir)
     as_schema_5(run)
