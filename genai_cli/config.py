@@ -191,6 +191,7 @@ def _number(x: float) -> str:
 UNIT_OPEN = Bound(0, 1, low_open=True, high_open=True)
 DECAY = Bound(0, 1, high_open=True)  # Adam's beta1 and the EMA decay: 0 is allowed, 1 never forgets
 COUNT = Bound(1, math.inf)
+DROPOUT = Bound(0, 1, high_open=True)
 # Every numeric flag's range, in one place. Upper bounds keep a value from reaching the engine where
 # it could only fail late or allocate without end: a latent of 4096 and a width of 1024 are far beyond
 # what these models use (100 and 64); what a size needs in memory is checked against the machine too.
@@ -245,6 +246,7 @@ def validate_model(model: ModelConfig, latent: bool = True) -> None:
     for flag, value in (("--latent-dim", model.latent_dim if latent else None), ("--width", model.width),
                         ("--beta", model.beta)):
         check_range(flag, value)
+    check_range("model.dropout", model.dropout, DROPOUT)  # no flag sets it: only an edited file can break it
 
 
 def validate_train(train: TrainConfig) -> None:

@@ -10,11 +10,12 @@ import pytest
 import torch
 from conftest import FakeClock, budget_plans
 from safetensors.torch import load_file
-from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixture)
+from test_training import bars_root, flags, read_metadata  # noqa: F401  (bars_root is a fixture)
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import training
 from genai_cli.config import SCHEMA_VERSION, Config
+from genai_cli.errors import UsageError
 from genai_cli.models import MODELS
 from genai_cli.objectives import lr_factor
 
@@ -113,20 +114,16 @@ def test_version_1_configs_load_and_keep_what_their_runs_did() -> None:
 
 def as_schema_5(run: Path) -> None:
     """Rewrite a run's files as genai wrote them before schema 6 (no model.dropout in their configs)."""
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
-    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE):
-        with safe_open(str(run / name), framework="pt") as handle:
-            meta = handle.metadata()
-        raw = json.loads(meta["genai.config"])
-        raw["schema"] = 5
+    def older(text: str) -> str:
+        raw = json.loads(text)
         del raw["model"]["dropout"]
-        save_file(load_file(run / name), str(run / name), metadata={**meta, "genai.config": json.dumps(raw)})
-    raw = json.loads((run / ckpt.CONFIG_FILE).read_text())
-    raw["schema"] = 5
-    del raw["model"]["dropout"]
-    (run / ckpt.CONFIG_FILE).write_text(json.dumps(raw))
+        return json.dumps({**raw, "schema": 5})
+    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE):
+        meta = read_metadata(run / name)
+        save_file(load_file(run / name), str(run / name), metadata={**meta, "genai.config": older(meta["genai.config"])})
+    (run / ckpt.CONFIG_FILE).write_text(older((run / ckpt.CONFIG_FILE).read_text()))
 
 
 @pytest.mark.parametrize("kind,dropout", [("gan", 0.3), ("dcgan", 0.0)])
@@ -143,6 +140,11 @@ def test_runs_from_before_schema_6_keep_the_discriminator_they_trained(bars_root
     resumed = training.train({"train.steps": 4}, resume=str(run))
     assert resumed.step == 4
     assert ckpt.load_training_state(run).checkpoint.config.model.dropout == dropout
+
+
+def test_a_dropout_edited_out_of_range_is_refused_before_training(bars_root: Path) -> None:  # noqa: F811
+    with pytest.raises(UsageError, match=r"model\.dropout must be in \[0, 1\), got 5"):
+        training.resolve(flags(bars_root, "gan", **{"model.dropout": 5.0}))
 
 
 @pytest.mark.parametrize("kind", [name for name in MODELS.names() if MODELS.get(name).short_budget])
