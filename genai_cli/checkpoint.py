@@ -82,8 +82,10 @@ def weights_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
-def save_model(path: Path, model: torch.nn.Module, config: Config, step: int, epoch: int, device: str) -> None:
-    meta = model_metadata(config, ROLE_MODEL, step, epoch, device)
+def save_model(path: Path, model: torch.nn.Module, config: Config, step: int, epoch: int, device: str,
+               extra: dict[str, str] | None = None) -> None:
+    """`extra`: more metadata, e.g. the judge's score of a kept model (genai_cli.selection)."""
+    meta = model_metadata(config, ROLE_MODEL, step, epoch, device) | (extra or {})
     atomic_write(path, save_tensors(weights_of(model), metadata=meta))
 
 

@@ -177,6 +177,7 @@ def train(
     sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids. \\[default: {_T.sample_every}]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints. \\[default: {_T.save_every}]")] = None,
     max_time: Annotated[Optional[str], typer.Option(metavar="DURATION", help="Time budget (90s, 10m, 1h30m). Alone, the run plans its length to fit and its schedule ends inside it; with --steps/--epochs, training stops cleanly there, with a checkpoint. --resume continues.")] = None,
+    keep: Annotated[Optional[str], choice(choices.KEEPS, "--keep", help="What model.safetensors holds: last (the newest checkpoint) or best (the checkpoint whose samples score the best FID with genai's classifier; GANs on labelled data). training_state.safetensors always holds the newest, for --resume. \\[default: best under --max-time alone where samples can be judged, else last]")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing run in --out.")] = False,
     nproc_per_node: Annotated[Optional[int], typer.Option(help="Train on this many processes per machine through torchrun (DDP; gloo on CPU, nccl on GPUs).")] = None,
     nnodes: Annotated[str, typer.Option(metavar="N|MIN:MAX", help="Machines (or MIN:MAX) for torchrun; above 1 needs --rdzv-endpoint.")] = "1",
@@ -195,7 +196,7 @@ def train(
         "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
         "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.warmup": warmup, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.seed": seed,
         "train.device": device, "train.log_every": log_every, "train.sample_every": sample_every,
-        "train.save_every": save_every,
+        "train.save_every": save_every, "train.keep": keep,
     }
     with reporting_errors(quiet, debug):
         check_paths({"--out": out, "--resume": resume, "--data": data, "--data-dir": data_dir})
@@ -209,10 +210,10 @@ def train(
 
             processes = 1 if nproc_per_node is None else nproc_per_node
             command = distributed.torchrun_command(distributed.strip_launch_flags(sys.argv[2:]), processes, nnodes, rdzv_endpoint)
-            training.resolve(flags, resume, distributed.launch_world(processes, nnodes))  # every value checked before torchrun starts
+            training.resolve(flags, resume, distributed.launch_world(processes, nnodes), seconds)  # every value checked before torchrun starts
             raise typer.Exit(distributed.launch(command, processes))
         if dry_run:
-            console.emit_text(training.resolve(flags, resume).to_json(indent=2))
+            console.emit_text(training.resolve(flags, resume, max_time=seconds).to_json(indent=2))
             return
         from genai_cli.distributed import current_world
 
@@ -222,7 +223,8 @@ def train(
         if json_out:
             console.emit_json(result.to_dict())
         else:
-            console.info(f"done: {result.step} steps, {result.images_per_sec:.0f} images/s; model {result.checkpoint}")
+            kept = f" (step {result.kept_step}, the best judged)" if result.kept_step not in (None, result.step) else ""
+            console.info(f"done: {result.step} steps, {result.images_per_sec:.0f} images/s; model {result.checkpoint}{kept}")
 
 
 @app.command(epilog=examples(

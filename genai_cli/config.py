@@ -17,7 +17,7 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 6  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout.
+SCHEMA_VERSION = 7  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep.
 # Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
@@ -70,6 +70,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 500
     save_every: int = 1000
+    keep: str | None = None  # what model.safetensors holds: "last" or "best" (judged, genai_cli.selection); None: chosen at plan
 
 
 @dataclass
@@ -112,6 +113,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     4: (("model", "in_channels", None), ("data", "pairs", None), ("data", "direction", "AtoB")),
     5: (("train", "warmup", 0.0), ("train", "warmup_steps", 0)),
     6: (("model", "dropout", lambda raw: 0.3 if raw["model"].get("kind") == "gan" else 0.0),),
+    7: (("train", "keep", "last"),),
 }
 
 

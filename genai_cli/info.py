@@ -100,7 +100,17 @@ def summary(path: Path, config: Config, metadata: dict[str, str], role: str, con
         "parameters": parameters,
         "tensors": tensors,
         "dtypes": dtypes,
+        "kept": kept_judgement(metadata),
     }
+
+
+def kept_judgement(metadata: dict[str, str]) -> dict[str, Any] | None:
+    """`train --keep best`: the judge's score of the model the file holds (None when it was not judged)."""
+    try:
+        judged = json.loads(metadata["genai.kept"])
+        return judged if isinstance(judged, dict) and isinstance(judged.get("fid"), (int, float)) else None
+    except (KeyError, ValueError, RecursionError):
+        return None
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
@@ -148,6 +158,8 @@ def info_text(info: dict[str, Any]) -> str:
                   + f", width {m['width']}, image {c}x{h}x{w}, "
                   + (f"{m['num_classes']} classes" if m["num_classes"] else "unconditional")),
         ("trained", f"step {info['step']}{epoch}, on {info['dataset']} ({device}genai {info['version']})"),
+        *([("kept", f"the run's best checkpoint: FID {kept['fid']:.2f} ({kept.get('features', '?')} features, "
+                    f"{kept.get('samples', '?')} samples)")] if (kept := info.get("kept")) else []),
         *([("classes", ", ".join(info["classes"]))] if info["classes"] else []),
         ("parameters", _parameters(info["parameters"]) + f", {'/'.join(info['dtypes'])}"),
         *([("inputs", "; ".join(f"{k} {v}" for k, v in info["inputs"].items())),

@@ -65,8 +65,9 @@ def render(run_dir: Path, model_path: Path) -> str:
     metadata = ckpt.read_metadata(model_path)
     config = ckpt.config_from_metadata(model_path, metadata)
     rows = rundir.read_metrics(run_dir / rundir.METRICS_FILE)
-    log = [r for r in rows if "eval" not in r]
+    log = rundir.loss_rows(rows)
     evals = [r for r in rows if isinstance(r.get("eval"), dict)]
+    judged = [r for r in rows if isinstance(r.get("judge"), dict) and isinstance(r.get("step"), int)]
     kind, data = config.model.kind, config.data
     title = f"{kind} on {Path(data.name).name}, step {metadata.get('genai.step', '?')}"
     sections = [
@@ -75,6 +76,7 @@ def render(run_dir: Path, model_path: Path) -> str:
         overview(config, metadata, log),
         samples_section(run_dir, config),
         losses_section(config, log),
+        kept_section(judged, metadata),
         evals_section(evals),
         reconstructions_section(run_dir, config),
         interpolation_section(model_path, config),
@@ -250,6 +252,23 @@ def losses_section(config: Config, log: list[dict[str, Any]]) -> str:
     panels = "".join(f"<figure>{svg}</figure>" for svg in plots.loss_panels(log, keys))
     return (f"<h2>Losses</h2><p class='note'>One panel per term, each on its own scale; averages over each "
             f"--log-every window of {config.train.log_every} steps.</p><div class='flow'>{panels}</div>")
+
+
+def kept_section(judged: list[dict[str, Any]], metadata: dict[str, str]) -> str:
+    """Under --keep best: the judge's FID at each checkpoint, and which one model.safetensors holds."""
+    scores = {r["step"]: r["judge"].get("fid") for r in judged}  # a resumed step's newest score
+    points = sorted((step, fid) for step, fid in scores.items() if isinstance(fid, (int, float)))
+    if not points:
+        return ""
+    samples = judged[-1]["judge"].get("samples", "?")
+    note = (f"model.safetensors holds step {metadata.get('genai.step', '?')}, the checkpoint whose {samples} samples "
+            f"scored the best FID with genai's classifier; the newest, step {points[-1][0]}, is in "
+            f"training_state.safetensors for --resume. FID of {samples} samples is biased upward: compare it only "
+            "with itself.")
+    series = [plots.Series("FID at each checkpoint", [p[0] for p in points], [p[1] for p in points], plots.PALETTE[0],
+                           points=True)]
+    chart = plots.chart(series, "Judged FID over training", "step", "FID (lower is better)", width=560)
+    return f"<h2>Kept model</h2><p class='note'>{text(note)}</p><figure>{chart}</figure>"
 
 
 def evals_section(evals: list[dict[str, Any]]) -> str:

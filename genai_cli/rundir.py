@@ -260,6 +260,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def loss_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training's log lines, without the `genai eval` results and `--keep best` scores recorded beside them."""
+    return [r for r in rows if "eval" not in r and "judge" not in r]
+
+
 def trim_metrics(path: Path, step: int) -> None:
     """On resume, drop log lines past the checkpoint: those steps are about to be redone."""
     if path.exists():

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from genai_cli import __version__, console, distributed, pairs, plots, report, resources, rundir, tboard
+from genai_cli import __version__, console, distributed, pairs, plots, report, resources, rundir, selection, tboard
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
 from genai_cli.config import Config, validate_model, validate_train
@@ -51,7 +51,7 @@ from genai_cli.runtime import describe, pick_device, seed_everything
 
 # Flags that may change when a run is resumed; anything else would change the maths.
 RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "train.sample_every",
-             "train.save_every", "train.lr", "train.lr_d", "train.lr_decay_start", "data.data_dir"}
+             "train.save_every", "train.lr", "train.lr_d", "train.lr_decay_start", "train.keep", "data.data_dir"}
 # A --max-time budget: steps BUDGET_WARMUP..BUDGET_PLAN_AT are timed, then the run's length is
 # fixed to what fits in BUDGET_USE of the time left (the rest covers the final save). Twenty steps
 # miss what later steps pay (grids, checkpoints), and a shared machine's load comes and goes, so the
@@ -74,6 +74,8 @@ class TrainResult:
     device: str
     processes: int = 1
     max_time_reached: bool = False
+    kept_step: int | None = None  # the step model.safetensors holds (under --keep best, maybe before `step`)
+    kept_score: float | None = None  # its judged FID (genai_cli.selection), under --keep best
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -243,6 +245,9 @@ class Session:
     next_plan: int = BUDGET_PLAN_AT  # the step at which a budgeted run (re)plans its length
     revisions: list[int] = field(default_factory=list)  # later steps to revise it at, from the first plan
     tensorboard: tboard.Log | None = None  # --tensorboard, on rank 0
+    judge: selection.Judge | None = None  # --keep best, on rank 0
+    kept_step: int | None = None  # the step model.safetensors holds
+    kept_score: float = math.inf  # and the judge's score of it
     collapse: CollapseWatch | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -281,10 +286,23 @@ class Session:
             return model_path
         ema = self.objective.ema.shadow if self.objective.ema else None
         sampled = self.objective.sampling_model(self.source)  # first, so the two files are written back to back
+        score = self.judge_samples(sampled)
         ckpt.save_training_state(self.run_dir / ckpt.STATE_FILE, self.model, self.objective.optimizers,
                                  self.config, self.step, epoch, str(self.device), ema)
-        ckpt.save_model(model_path, sampled, self.config, self.step, epoch, str(self.device))
+        if score is None or score < self.kept_score:
+            extra = selection.kept_metadata(score) if score is not None else {}
+            ckpt.save_model(model_path, sampled, self.config, self.step, epoch, str(self.device), extra)
+            self.kept_step, self.kept_score = self.step, math.inf if score is None else score
         return model_path
+
+    def judge_samples(self, sampled: GenerativeModel) -> float | None:
+        """Under --keep best, the judge's score of the model users would sample now, logged to metrics.jsonl."""
+        if self.judge is None:
+            return None
+        score = self.judge.score(sampled)
+        row = {"step": self.step, "judge": {**selection.judgement(score), "kept": score < self.kept_score}}
+        append_line(self.run_dir / rundir.METRICS_FILE, json.dumps(row))
+        return score
 
     def diverged(self, what: str) -> TrainingDiverged:
         """The error for NaN/inf: which step, what is kept, and the knob to turn."""
@@ -310,6 +328,7 @@ class Plan:
     source: ImageSource
     state: ckpt.TrainingState | None
     world: World
+    keep_asked: bool = False  # --keep given: a judge that cannot be built is an error, not a warning
 
 
 def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PROCESS, budget: float | None = None) -> Plan:
@@ -329,18 +348,38 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
     device = pick_device(config.train.device)
     source = load_source(config, spec)
     config = resolve_config(config, spec, source)
+    resolve_keep(config, spec, source, budgeted=budget is not None)
     batch = config.train.batch_size
     if batch % world.size:
         raise UsageError(f"--batch-size {batch} does not split evenly over {world.size} processes; "
                          f"use a multiple of {world.size}")
     source.batches_per_epoch(batch // world.size, world.size)  # raises when the batch exceeds the data
     resources.require_training_fits(spec, config.model, batch // world.size, device)
-    return Plan(config, spec, device, source, state, world)
+    return Plan(config, spec, device, source, state, world, keep_asked=flags.get("train.keep") is not None)
 
 
-def resolve(flags: dict[str, Any], resume: str | None = None, world: World = SINGLE_PROCESS) -> Config:
+def resolve_keep(config: Config, spec: ModelSpec, source: ImageSource, budgeted: bool) -> None:
+    """--keep: best where samples can be judged and a --max-time budget promises its best model; else last."""
+    train = config.train
+    objective = choose(spec.shape, train.gan_loss)
+    why_not = (f"a model whose samples genai judges (gan, dcgan, cgan), not {objective.description}"
+               if not objective.judged else f"labelled data (genai's classifier judges the samples), and {source.name} has no classes")
+    judged = objective.judged and source.labelled
+    selection.check_keep(train.keep, judged, why_not)
+    if train.keep is None:
+        train.keep = "best" if budgeted and judged else "last"
+
+
+def resolve(flags: dict[str, Any], resume: str | None = None, world: World = SINGLE_PROCESS,
+            max_time: float | None = None) -> Config:
     """The complete config a `train` call would use (for --dry-run, and checked by the torchrun launcher)."""
-    return plan_run(flags, resume, world).config
+    return plan_run(flags, resume, world, budget_of(flags, resume, max_time)).config
+
+
+def budget_of(flags: dict[str, Any], resume: str | None, max_time: float | None) -> float | None:
+    """The seconds of a --max-time given alone (no --steps/--epochs, not a resume): a budget the run plans for."""
+    alone = not resume and flags.get("train.steps") is None and flags.get("train.epochs") is None
+    return max_time if alone else None
 
 
 def build_model(plan: Plan, device: torch.device) -> GenerativeModel:
@@ -387,6 +426,15 @@ def start_session(plan: Plan, out: str | None, resume: str | None, force: bool, 
     return Session(config, run_dir, device, plan.source, model, objective, world, step, saved_step=step)
 
 
+def start_judging(session: Session, plan: Plan) -> None:
+    """--keep best: the judge (on rank 0), and on resume the score of the kept model it must beat."""
+    if not session.world.is_main or session.config.train.keep != "best":
+        return
+    session.judge = selection.try_judge(session.config, session.device, plan.keep_asked)
+    if plan.state is not None:
+        session.kept_step, session.kept_score = selection.kept_in(session.run_dir / ckpt.MODEL_FILE)
+
+
 def restore(model: GenerativeModel, objective: Objective, state: ckpt.TrainingState) -> None:
     """Weights, optimiser moments, EMA and RNGs. Learning rates come from the config before every
     step (`lr_factor`), so a --lr given on resume applies, whatever rate the state stored."""
@@ -428,7 +476,8 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
         tboard.require()
     if out and resume:
         raise UsageError("--out and --resume both name the run directory; give only --resume")
-    budgeted = max_time is not None and not resume and flags.get("train.steps") is None and flags.get("train.epochs") is None
+    budget = budget_of(flags, resume, max_time)
+    budgeted = budget is not None
     if budgeted:
         flags = {**flags, "train.steps": BUDGET_PROVISIONAL_STEPS}  # until planned; the schedule is flat that early
     world = distributed.current_world()
@@ -436,8 +485,10 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
         console.configure(quiet=True)
     try:
         with ExitStack() as holds:
-            session = start_session(plan_run(flags, resume, world, max_time if budgeted else None), out, resume, force, holds)
+            plan = plan_run(flags, resume, world, budget)
+            session = start_session(plan, out, resume, force, holds)
             session.deadline, session.budgeted = deadline, budgeted
+            start_judging(session, plan)
             if not budgeted and session.config.train.warmup_steps is None:  # a new run: its length is known
                 session.config.train.warmup_steps = int(session.config.train.warmup * session.total_steps)
             if tensorboard and world.is_main:
@@ -478,13 +529,18 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
         for name, png in session.objective.extra_pictures(session.source, cfg.train.seed).items():
             atomic_write(run_dir / name, png)
         write_summaries(session)
+    if main and session.judge is not None and session.kept_step != session.step:
+        console.info(f"{ckpt.MODEL_FILE} keeps step {session.kept_step}, the best judged (classifier FID "
+                     f"{session.kept_score:.2f} on {selection.JUDGE_SAMPLES} samples); {ckpt.STATE_FILE} holds step "
+                     f"{session.step} for --resume")
     done = session.step - start_step
+    kept_score = session.kept_score if math.isfinite(session.kept_score) else None
     return TrainResult(
         run_dir=str(run_dir), checkpoint=str(model_path), step=session.step,
         epoch=session.step // session.steps_per_epoch, losses=final_losses,
         images_per_sec=done * cfg.train.batch_size / seconds if seconds > 0 else 0.0,
         seconds=seconds, device=str(session.device), processes=session.world.size,
-        max_time_reached=session.out_of_time,
+        max_time_reached=session.out_of_time, kept_step=session.kept_step, kept_score=kept_score,
     )
 
 
@@ -651,6 +707,6 @@ def write_summaries(session: Session) -> None:
 
 def write_loss_curve(run_dir: Path, loss_keys: tuple[str, ...]) -> None:
     """loss.svg: one panel per loss of the objective over the run, as metrics.jsonl logged them."""
-    rows = [r for r in rundir.read_metrics(run_dir / rundir.METRICS_FILE) if "eval" not in r]
+    rows = rundir.loss_rows(rundir.read_metrics(run_dir / rundir.METRICS_FILE))
     if keys := [k for k in loss_keys if any(k in r for r in rows)]:
         atomic_write(run_dir / rundir.LOSS_FILE, plots.side_by_side(plots.loss_panels(rows, keys)).encode())

@@ -390,7 +390,7 @@ def test_choices_are_case_and_underscore_blind(idx_root: Path):
 
 def registry_names() -> dict[str, set[str]]:
     """What each tuple of genai_cli.choices mirrors, read from the registries themselves."""
-    from genai_cli import data, evaluation, export, pairs, runtime
+    from genai_cli import data, evaluation, export, pairs, runtime, selection
     from genai_cli.models import MODELS, blocks
     from genai_cli.objectives import gan_losses
 
@@ -404,6 +404,7 @@ def registry_names() -> dict[str, set[str]]:
         "FEATURES": {name for name in choices.FEATURES if repr(name) in str(features.value)},
         "METRICS": set(evaluation.METRICS),
         "EXPORT_FORMATS": set(export.FORMATS), "DTYPES": set(export.DTYPES), "DEVICES": set(runtime.DEVICE_CHOICES),
+        "KEEPS": set(selection.KEEPS),
     }
 
 
@@ -506,6 +507,16 @@ def test_dry_run_prints_the_resolved_config(idx_root: Path, tmp_path: Path, monk
     assert config["train"]["lr"] == pytest.approx(MODELS.get(kind).lr) and config["train"]["beta1"] == pytest.approx(0.5)
     assert config["train"]["batch_size"] == 8
     assert sorted(os.listdir(tmp_path)) == before, "--dry-run wrote files"
+
+
+def test_dry_run_of_a_budget_shows_what_the_budget_changes(idx_root: Path):
+    """--max-time alone plans: a short DCGAN budget takes the family's short recipe and keeps the best model."""
+    budget = invoke("train", "--data-dir", str(idx_root), "--max-time", "60s", "--dry-run")
+    assert budget.exit_code == 0, budget.stderr
+    config = json.loads(budget.stdout)
+    assert (config["train"]["keep"], config["model"]["width"]) == ("best", 32)
+    deadline = json.loads(invoke("train", "--data-dir", str(idx_root), "--max-time", "60s", "--steps", "9", "--dry-run").stdout)
+    assert (deadline["train"]["keep"], deadline["model"]["width"]) == ("last", 64)
 
 
 # ---------------------------------------------------------------- run directories

@@ -123,5 +123,5 @@ class AdversarialObjective:
         return {}
 
 
-BCE = ObjectiveSpec("gan-bce", AdversarialModel, "bce", "bce (non-saturating)", AdversarialObjective)
-HINGE = ObjectiveSpec("gan-hinge", AdversarialModel, "hinge", "hinge", AdversarialObjective)
+BCE = ObjectiveSpec("gan-bce", AdversarialModel, "bce", "bce (non-saturating)", AdversarialObjective, judged=True)
+HINGE = ObjectiveSpec("gan-hinge", AdversarialModel, "hinge", "hinge", AdversarialObjective, judged=True)

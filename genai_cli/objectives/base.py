@@ -90,6 +90,10 @@ class ObjectiveSpec:
     # lets a --max-time run plan both phases before it has timed the dearer one.
     warmup: float | None = None
     warmup_cost: float = 1.0
+    # Its samples can be judged at each checkpoint (`--keep best`, genai_cli.selection): a model drawing
+    # from noise, whose quality may fall late. Not a VAE, whose likelihood rises to the end and whose
+    # fitted prior exists only then, nor pix2pix, whose translations have no class-based judge.
+    judged: bool = False
 
     @property
     def loss_keys(self) -> tuple[str, ...]:

@@ -86,4 +86,4 @@ class WGANGPObjective(AdversarialObjective):
 
 
 SPEC = ObjectiveSpec("wgan-gp", AdversarialModel, "wgan-gp", "wgan-gp (Wasserstein with gradient penalty)",
-                     WGANGPObjective, lr=1e-4, beta1=0.0, beta2=0.9)
+                     WGANGPObjective, lr=1e-4, beta1=0.0, beta2=0.9, judged=True)
