@@ -27,7 +27,12 @@ from genai_cli.errors import CheckpointError, GenaiError, UsageError
 from genai_cli.models import GenerativeModel
 
 KEEPS = ("best", "last")
-JUDGE_SAMPLES = 2000  # enough to rank checkpoints (FID at 2,000 is biased upward, alike for each); ~1 s on a CPU
+JUDGE_SAMPLES = 2000  # enough to rank checkpoints (FID at 2,000 is biased upward, alike for each): 2-3 s on 1 CPU thread
+JUDGEMENTS = 30  # checkpoints judged at most per run: about 2% of an hour on this 2-core CPU
+# Budgets from this long keep the best by default. Shorter ones improve to their end in every family
+# measured (the MLP GAN peaks near 1M images, about 11 minutes here), and the judge's fixed costs (its
+# classifier's one-time training, ~3 min; 2-3 s a score) would take a visible share of them.
+BEST_BY_DEFAULT = 600.0
 JUDGE_REFERENCE = 10_000  # real images of the reference split, features cached once per dataset
 SCORE_KEY = "genai.kept"  # model.safetensors metadata: the judge's score of the kept model (`judgement`)
 

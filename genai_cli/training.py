@@ -248,6 +248,7 @@ class Session:
     judge: selection.Judge | None = None  # --keep best, on rank 0
     kept_step: int | None = None  # the step model.safetensors holds
     kept_score: float = math.inf  # and the judge's score of it
+    judged_step: int = 0  # the last step the judge scored (or the step a resumed run starts at)
     collapse: CollapseWatch | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -275,8 +276,9 @@ class Session:
             return t.warmup_steps
         return BUDGET_PROVISIONAL_STEPS if t.warmup else 0
 
-    def save(self) -> Path:
-        """Rank 0 writes the checkpoint (every rank holds the same weights); never non-finite weights."""
+    def save(self, ends_run: bool = False) -> Path:
+        """Rank 0 writes the checkpoint (every rank holds the same weights); never non-finite weights.
+        Under --keep best the model file is replaced only by a better-judged model."""
         epoch = self.step // self.steps_per_epoch
         model_path = self.run_dir / ckpt.MODEL_FILE
         if not all_finite([*self.model.parameters(), *self.model.buffers()]):
@@ -285,23 +287,31 @@ class Session:
         if not self.world.is_main:
             return model_path
         ema = self.objective.ema.shadow if self.objective.ema else None
-        sampled = self.objective.sampling_model(self.source)  # first, so the two files are written back to back
-        score = self.judge_samples(sampled)
+        judging = self.judge is not None
+        # The model users would sample: first, so the two files are written back to back; under --keep best
+        # only at a checkpoint that is judged, as no other may replace the kept model.
+        sampled = self.objective.sampling_model(self.source) if not judging or ends_run or self.judging_due() else None
+        score = self.judge_samples(sampled) if judging and sampled is not None else None
         ckpt.save_training_state(self.run_dir / ckpt.STATE_FILE, self.model, self.objective.optimizers,
                                  self.config, self.step, epoch, str(self.device), ema)
-        if score is None or score < self.kept_score:
+        if sampled is not None and (score is None or score < self.kept_score):
             extra = selection.kept_metadata(score) if score is not None else {}
             ckpt.save_model(model_path, sampled, self.config, self.step, epoch, str(self.device), extra)
             self.kept_step, self.kept_score = self.step, math.inf if score is None else score
         return model_path
 
-    def judge_samples(self, sampled: GenerativeModel) -> float | None:
-        """Under --keep best, the judge's score of the model users would sample now, logged to metrics.jsonl."""
-        if self.judge is None:
-            return None
+    def judging_due(self) -> bool:
+        """At most selection.JUDGEMENTS checkpoints of a run are judged: the first past each share of its length."""
+        every = max(1, self.total_steps // selection.JUDGEMENTS)
+        return self.step // every > self.judged_step // every
+
+    def judge_samples(self, sampled: GenerativeModel) -> float:
+        """The judge's score of the model users would sample now, logged to metrics.jsonl."""
+        assert self.judge is not None
         score = self.judge.score(sampled)
         row = {"step": self.step, "judge": {**selection.judgement(score), "kept": score < self.kept_score}}
         append_line(self.run_dir / rundir.METRICS_FILE, json.dumps(row))
+        self.judged_step = self.step
         return score
 
     def diverged(self, what: str) -> TrainingDiverged:
@@ -348,7 +358,7 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
     device = pick_device(config.train.device)
     source = load_source(config, spec)
     config = resolve_config(config, spec, source)
-    resolve_keep(config, spec, source, budgeted=budget is not None)
+    resolve_keep(config, spec, source, budget)
     batch = config.train.batch_size
     if batch % world.size:
         raise UsageError(f"--batch-size {batch} does not split evenly over {world.size} processes; "
@@ -358,8 +368,8 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
     return Plan(config, spec, device, source, state, world, keep_asked=flags.get("train.keep") is not None)
 
 
-def resolve_keep(config: Config, spec: ModelSpec, source: ImageSource, budgeted: bool) -> None:
-    """--keep: best where samples can be judged and a --max-time budget promises its best model; else last."""
+def resolve_keep(config: Config, spec: ModelSpec, source: ImageSource, budget: float | None) -> None:
+    """--keep: best where samples can be judged and a long --max-time budget promises its best model; else last."""
     train = config.train
     objective = choose(spec.shape, train.gan_loss)
     why_not = (f"a model whose samples genai judges (gan, dcgan, cgan), not {objective.description}"
@@ -367,7 +377,7 @@ def resolve_keep(config: Config, spec: ModelSpec, source: ImageSource, budgeted:
     judged = objective.judged and source.labelled
     selection.check_keep(train.keep, judged, why_not)
     if train.keep is None:
-        train.keep = "best" if budgeted and judged else "last"
+        train.keep = "best" if budget is not None and budget >= selection.BEST_BY_DEFAULT and judged else "last"
 
 
 def resolve(flags: dict[str, Any], resume: str | None = None, world: World = SINGLE_PROCESS,
@@ -433,6 +443,7 @@ def start_judging(session: Session, plan: Plan) -> None:
     session.judge = selection.try_judge(session.config, session.device, plan.keep_asked)
     if plan.state is not None:
         session.kept_step, session.kept_score = selection.kept_in(session.run_dir / ckpt.MODEL_FILE)
+        session.judged_step = session.step
 
 
 def restore(model: GenerativeModel, objective: Objective, state: ckpt.TrainingState) -> None:
@@ -523,7 +534,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
         raise
     seconds = time.perf_counter() - started
     session.objective.finish(session.source)
-    model_path = session.save()
+    model_path = session.save(ends_run=True)
     if main:
         write_sample_grid(session, grid)
         for name, png in session.objective.extra_pictures(session.source, cfg.train.seed).items():
@@ -576,7 +587,7 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
             if step % cfg.sample_every == 0 and world.is_main:
                 write_sample_grid(session, grid)
             if signalled:
-                session.save()
+                session.save(ends_run=True)
                 stop.raise_if_requested(session.run_dir, step)
             if session.out_of_time:
                 console.info(f"--max-time reached at step {step}; saving a checkpoint, "

@@ -509,14 +509,16 @@ def test_dry_run_prints_the_resolved_config(idx_root: Path, tmp_path: Path, monk
     assert sorted(os.listdir(tmp_path)) == before, "--dry-run wrote files"
 
 
-def test_dry_run_of_a_budget_shows_what_the_budget_changes(idx_root: Path):
-    """--max-time alone plans: a short DCGAN budget takes the family's short recipe and keeps the best model."""
-    budget = invoke("train", "--data-dir", str(idx_root), "--max-time", "60s", "--dry-run")
-    assert budget.exit_code == 0, budget.stderr
-    config = json.loads(budget.stdout)
-    assert (config["train"]["keep"], config["model"]["width"]) == ("best", 32)
-    deadline = json.loads(invoke("train", "--data-dir", str(idx_root), "--max-time", "60s", "--steps", "9", "--dry-run").stdout)
-    assert (deadline["train"]["keep"], deadline["model"]["width"]) == ("last", 64)
+@pytest.mark.parametrize("flags,keep,width", [
+    (["--max-time", "60s"], "last", 32),  # a short budget: the DCGAN's short recipe
+    (["--max-time", "1h"], "best", 64),  # a long one ends with its best model
+    (["--max-time", "1h", "--steps", "9"], "last", 64),  # with --steps, only a deadline
+])
+def test_dry_run_of_a_budget_shows_what_the_budget_changes(idx_root: Path, flags: list[str], keep: str, width: int):
+    result = invoke("train", "--data-dir", str(idx_root), *flags, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert (config["train"]["keep"], config["model"]["width"]) == (keep, width)
 
 
 # ---------------------------------------------------------------- run directories

@@ -62,6 +62,19 @@ def test_keep_best_keeps_the_best_judged_checkpoint_and_resume_continues_from_th
     assert training.train({"train.steps": 14}, resume=run.run_dir).kept_step == 14  # a better one replaces it
 
 
+def test_a_long_run_judges_at_most_judgements_checkpoints_and_only_those_replace_the_model(
+        judged_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = [10.0] * selection.JUDGEMENTS
+    scores[1] = 1.0  # the second judged checkpoint, step 6
+    scripted(monkeypatch, scores)
+    steps = 3 * selection.JUDGEMENTS
+    run = training.train(flags(judged_root, "gan", **{"train.steps": steps, "train.save_every": 1, "train.keep": "best"}),
+                         out=str(tmp_path / "r"))
+    judged = [r["step"] for r in metrics(run.run_dir) if "judge" in r]
+    assert judged == list(range(3, steps + 1, 3))  # every third save of ninety
+    assert run.kept_step == 6 and read_metadata(Path(run.run_dir) / ckpt.MODEL_FILE)["genai.step"] == "6"
+
+
 def test_the_judge_changes_nothing_that_trains(judged_root: Path, tmp_path: Path) -> None:
     """The real judge trains its classifier (seeding its own RNG) and samples at every checkpoint: the
     training state must come out bit for bit as without it, and the kept model carries its score."""
@@ -77,12 +90,13 @@ def test_the_judge_changes_nothing_that_trains(judged_root: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize("kind,budget,given,kept", [
-    ("dcgan", 60.0, None, "best"),  # a budget promises its best model
-    ("cgan", 60.0, None, "best"),
+    ("dcgan", 3600.0, None, "best"),  # a budget promises its best model
+    ("cgan", selection.BEST_BY_DEFAULT, None, "best"),
+    ("gan", 60.0, None, "last"),  # a short budget improves to its end, and judging would cost a share of it
     ("dcgan", None, None, "last"),  # --steps/--epochs: the run the user asked for
-    ("vae", 60.0, None, "last"),  # the ELBO rises to the end; its prior is fitted only then
-    ("pix2pix", 60.0, None, "last"),
-    ("dcgan", 60.0, "last", "last"),
+    ("vae", 3600.0, None, "last"),  # the ELBO rises to the end; its prior is fitted only then
+    ("pix2pix", 3600.0, None, "last"),
+    ("dcgan", 3600.0, "last", "last"),
     ("gan", None, "best", "best"),
 ])
 def test_what_a_run_keeps(judged_root: Path, kind: str, budget: float | None, given: str | None, kept: str) -> None:
@@ -101,7 +115,7 @@ def test_keep_best_is_refused_where_samples_cannot_be_judged(judged_root: Path, 
 
 def test_a_judge_that_cannot_be_built_is_a_warning_for_a_budget_and_an_error_when_asked(tmp_path: Path, capsys) -> None:
     make_idx_dataset(tmp_path / "data", n_train=64, n_test=0, size=16)  # no test split to judge against
-    config = training.plan_run(flags(tmp_path / "data", "dcgan"), None, budget=60.0).config
+    config = training.plan_run(flags(tmp_path / "data", "dcgan"), None, budget=3600.0).config
     assert config.train.keep == "best"
     assert selection.try_judge(config, torch.device("cpu"), asked=False) is None
     assert config.train.keep == "last" and "warning: keeping the last model, not the best" in capsys.readouterr().err
