@@ -2,10 +2,10 @@
 
 A GAN's samples need not improve to the end of a run: the MLP GAN on Fashion-MNIST scores
 classifier FID 49 after 1M images and 99 after an hour, as it drops classes (benchmarks/RESULTS.md).
-A `--max-time` budget promises its best model, so where a family's samples can be judged, every
-checkpoint scores the model users would sample (`JUDGE_SAMPLES` seeded samples, genai's classifier
-features, against the reference split) and model.safetensors is replaced only by a better one; its
-metadata holds the score. training_state.safetensors always holds the newest step, so `--resume`
+A `--max-time` budget promises its best model, so where a family's samples can be judged, up to
+`JUDGEMENTS` checkpoints a run score the model users would sample (`JUDGE_SAMPLES` seeded samples,
+genai's classifier features, against the test split) and model.safetensors is replaced only by a
+better one; its metadata holds the score. training_state.safetensors always holds the newest step, so `--resume`
 continues the run, not the kept model. The judge never draws from the global RNGs, so a run trains
 bit for bit the same with either choice.
 """
