@@ -43,11 +43,13 @@ bench: setup
 	$(BIN)/python benchmarks/bench_crash.py --kills 25 --json
 
 # Hours of CPU (minutes on a GPU): sample quality per family, DCGAN time to a fixed FID,
-# pix2pix against its U-Net on L1 alone (edges and masked Fashion-MNIST, equal CPU time), and
-# the VAE against pytorch/examples' at equal wall time.
+# pix2pix against its U-Net on L1 alone (edges and masked Fashion-MNIST, equal CPU time), the
+# MLP GAN's budget with its best-judged model against its last, and the VAE against
+# pytorch/examples' at equal wall time.
 bench-quality: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/bench_quality.sh
 	$(BIN)/python benchmarks/bench_time_to_quality.py
+	$(BIN)/python benchmarks/bench_keep_best.py --model gan --max-time 30m
 	$(BIN)/python benchmarks/bench_pix2pix.py --task edges --task masked
 	@if [ -n "$$PYTORCH_EXAMPLES_VAE" ]; then $(BIN)/python benchmarks/bench_vae_examples.py --budget 60 --budget 300 --budget 600; \
 	else echo "skipped bench_vae_examples.py: set PYTORCH_EXAMPLES_VAE to pytorch/examples' vae/main.py (not vendored)" >&2; fi
