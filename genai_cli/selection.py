@@ -82,7 +82,7 @@ def make_judge(config: Config, device: torch.device) -> Judge:
 
 def try_judge(config: Config, device: torch.device, asked: bool) -> Judge | None:
     """The judge of a `--keep best` run; if it cannot be built (no test split, say), an error when
-    the user asked for best, else a warning and the last model is kept."""
+    best was asked for (or is a resumed run's), else a warning and the last model is kept."""
     try:
         return make_judge(config, device)
     except GenaiError as err:

@@ -440,7 +440,8 @@ def start_judging(session: Session, plan: Plan) -> None:
     """--keep best: the judge (on rank 0), and on resume the score of the kept model it must beat."""
     if not session.world.is_main or session.config.train.keep != "best":
         return
-    session.judge = selection.try_judge(session.config, session.device, plan.keep_asked)
+    # A resumed run's kept model is never replaced unjudged: a judge it cannot build is an error.
+    session.judge = selection.try_judge(session.config, session.device, plan.keep_asked or plan.state is not None)
     if plan.state is not None:
         session.kept_step, session.kept_score = selection.kept_in(session.run_dir / ckpt.MODEL_FILE)
         session.judged_step = session.step
