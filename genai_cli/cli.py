@@ -161,7 +161,7 @@ def train(
     warmup: Annotated[Optional[float], typer.Option(help="Fraction of the run spent first on the objective's warm-up: pix2pix trains G on L1 alone, then adds D; 0 for none. \\[default: pix2pix 0.78 of its steps (about half its time), none elsewhere]")] = None,
     beta1: Annotated[Optional[float], typer.Option(help="Adam beta1. \\[default: 0.5 for GANs, 0.9 for VAEs]")] = None,
     gan_loss: Annotated[Optional[str], choice(choices.GAN_LOSSES, "--gan-loss", help=f"GAN objective: bce (non-saturating), hinge or wgan-gp (critic with a gradient penalty); pix2pix: bce, or l1 (its U-Net alone, the baseline). \\[default: {_T.gan_loss}]")] = None,
-    ema: Annotated[Optional[float], typer.Option(help="Decay of the generator's moving average, which samples and checkpoints use; 0 turns it off. \\[default: 0.999 for GANs, 0 for VAEs]")] = None,
+    ema: Annotated[Optional[float], typer.Option(help="Decay of the generator's moving average, which samples and checkpoints use; 0 turns it off. \\[default: dcgan 0.9999, other GANs 0.999, VAEs 0]")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help="Latent size. \\[default: 100 for GANs, 32 for VAEs]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square image side (28, 32, 64, ...). \\[default: the dataset's]")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1 (gray) or 3 (RGB). \\[default: the dataset's]")] = None,

@@ -123,6 +123,22 @@ def test_a_judge_that_cannot_be_built_is_a_warning_for_a_budget_and_an_error_whe
         training.train(flags(tmp_path / "data", "dcgan", **{"train.steps": 2, "train.keep": "best"}), out=str(tmp_path / "b"))
 
 
+def test_a_resumed_run_never_replaces_its_kept_model_unjudged(judged_root: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted(monkeypatch, [1.0])
+    run = training.train(flags(judged_root, "gan", **{"train.steps": 2, "train.keep": "best"}), out=str(tmp_path / "r"))
+    model = Path(run.run_dir) / ckpt.MODEL_FILE
+    before = model.read_bytes()
+
+    def no_test_split(config, device):
+        raise UsageError("dataset fashion-mnist (test split) not found")
+
+    monkeypatch.setattr(selection, "make_judge", no_test_split)
+    with pytest.raises(UsageError, match="--keep best cannot judge samples"):
+        training.train({"train.steps": 4}, resume=run.run_dir)
+    assert model.read_bytes() == before
+
+
 def test_runs_before_keep_existed_kept_their_last_model() -> None:
     assert Config.from_dict({"schema": 6, "train": {}}).train.keep == "last"
 
