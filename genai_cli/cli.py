@@ -176,7 +176,7 @@ def train(
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between log lines. \\[default: {_T.log_every}]")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids. \\[default: {_T.sample_every}]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints. \\[default: {_T.save_every}]")] = None,
-    max_time: Annotated[Optional[str], typer.Option(metavar="DURATION", help="Time budget (90s, 10m, 1h30m). Alone, the run plans its length to fit and its schedule ends inside it; with --steps/--epochs, training stops cleanly there, with a checkpoint. --resume continues.")] = None,
+    max_time: Annotated[Optional[str], typer.Option(metavar="DURATION", help="Time budget (90s, 10m, 1h30m). Alone, the run plans its length to fit and its schedule ends inside it (from 10m, a GAN keeps its best checkpoint: --keep); with --steps/--epochs, training stops cleanly there, with a checkpoint. --resume continues.")] = None,
     keep: Annotated[Optional[str], choice(choices.KEEPS, "--keep", help="What model.safetensors holds: last (the newest checkpoint) or best (the checkpoint whose samples score the best FID with genai's classifier; GANs on labelled data). training_state.safetensors always holds the newest, for --resume. \\[default: best under --max-time of 10m or more alone, where samples can be judged; else last]")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing run in --out.")] = False,
     nproc_per_node: Annotated[Optional[int], typer.Option(help="Train on this many processes per machine through torchrun (DDP; gloo on CPU, nccl on GPUs).")] = None,
