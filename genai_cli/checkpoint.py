@@ -17,6 +17,7 @@ tensors, so a truncated, foreign or hostile file is a one-line CheckpointError.
 from __future__ import annotations
 
 import json
+import math
 import random
 import struct
 from contextlib import nullcontext
@@ -40,6 +41,7 @@ STATE_FILE = "training_state.safetensors"
 CONFIG_FILE = "config.json"
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # real headers are a few KB; refuse to allocate absurd ones
 ROLE_MODEL, ROLE_STATE = "model", "training-state"
+KEPT_KEY = "genai.kept"  # a model file's metadata under `train --keep best`: the judge's score of the model it holds
 GENERATING_HALF = "generating-half"  # genai.contents of a slim export
 
 
@@ -75,6 +77,17 @@ def model_metadata(config: Config, role: str, step: int, epoch: int, device: str
         "genai.epoch": str(epoch),
         "genai.device": device,
     }
+
+
+def kept_judgement(metadata: dict[str, str]) -> dict[str, Any] | None:
+    """`train --keep best`: what the judge said of the model a file holds ({"fid", ...}); None when
+    it was not judged, or the entry is not genai's."""
+    try:
+        judged = json.loads(metadata[KEPT_KEY])
+    except (KeyError, ValueError, RecursionError):
+        return None
+    fid = judged.get("fid") if isinstance(judged, dict) else None
+    return judged if isinstance(fid, (int, float)) and not isinstance(fid, bool) and math.isfinite(fid) else None
 
 
 def weights_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -266,11 +266,16 @@ def seeded_samples(model: GenerativeModel, seed: int, n: int,
 
 
 def real_features(s: Scoring, extractor: feats.Extractor) -> torch.Tensor:
-    """Features of the reference split's first n_real images, cached per pixels and network."""
+    """Features of the reference split's first n_real images."""
     assert s.reference is not None
-    images = s.reference.all_images()[: s.n_real]
-    key = feats.features_key(s.dataset, s.req.split, images, extractor)
-    return feats.cached_features(key, images, extractor, progress=f"{extractor.name} features of {s.dataset} {s.req.split}")[0]
+    return split_features(s.reference, s.dataset, s.req.split, s.n_real, extractor)
+
+
+def split_features(source: ImageSource, dataset: str, split: str, n: int, extractor: feats.Extractor) -> torch.Tensor:
+    """Features of a split's first n images, cached per pixels and network (also `train --keep best`'s reference)."""
+    images = source.all_images()[:n]
+    key = feats.features_key(dataset, split, images, extractor)
+    return feats.cached_features(key, images, extractor, progress=f"{extractor.name} features of {dataset} {split}")[0]
 
 
 def candidate_features(req: EvalRequest, candidates: Candidates, dataset: str,

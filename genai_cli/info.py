@@ -100,17 +100,8 @@ def summary(path: Path, config: Config, metadata: dict[str, str], role: str, con
         "parameters": parameters,
         "tensors": tensors,
         "dtypes": dtypes,
-        "kept": kept_judgement(metadata),
+        "kept": ckpt.kept_judgement(metadata),
     }
-
-
-def kept_judgement(metadata: dict[str, str]) -> dict[str, Any] | None:
-    """`train --keep best`: the judge's score of the model the file holds (None when it was not judged)."""
-    try:
-        judged = json.loads(metadata["genai.kept"])
-        return judged if isinstance(judged, dict) and isinstance(judged.get("fid"), (int, float)) else None
-    except (KeyError, ValueError, RecursionError):
-        return None
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:

@@ -34,7 +34,6 @@ JUDGEMENTS = 30  # checkpoints judged at most per run: about 2% of an hour on th
 # classifier's one-time training, ~3 min; 2-3 s a score) would take a visible share of them.
 BEST_BY_DEFAULT = 600.0
 JUDGE_REFERENCE = 10_000  # real images of the reference split, features cached once per dataset
-SCORE_KEY = "genai.kept"  # model.safetensors metadata: the judge's score of the kept model (`judgement`)
 
 
 @dataclass
@@ -66,7 +65,7 @@ def make_judge(config: Config, device: torch.device) -> Judge:
     and the statistics of the reference split's first JUDGE_REFERENCE images. The global RNGs are left
     as they were: the classifier's training seeds its own."""
     from genai_cli.data import load_dataset
-    from genai_cli.evaluation import load_judge
+    from genai_cli.evaluation import load_judge, split_features
 
     data, model = config.data, config.model
     assert model.channels and model.image_size
@@ -74,9 +73,7 @@ def make_judge(config: Config, device: torch.device) -> Judge:
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
         extractor, _ = load_judge(data.name, data.data_dir, shape, device)
         reference = load_dataset(data.name, data_dir=data.data_dir, split="test", channels=shape[0], image_size=shape[1])
-        images = reference.all_images()[:JUDGE_REFERENCE]
-        key = feats.features_key(data.name, "test", images, extractor)
-        features = feats.cached_features(key, images, extractor, progress=f"classifier features of {data.name} test")[0]
+        features = split_features(reference, data.name, "test", JUDGE_REFERENCE, extractor)
     return Judge(extractor, metrics.Statistics(*metrics.mean_cov(features), len(features)), device)
 
 
@@ -99,18 +96,16 @@ def judgement(score: float) -> dict[str, object]:
 
 
 def kept_metadata(score: float) -> dict[str, str]:
-    return {SCORE_KEY: json.dumps(judgement(score))}
+    return {ckpt.KEPT_KEY: json.dumps(judgement(score))}
 
 
 def kept_in(path: Path) -> tuple[int | None, float]:
     """(step, judged score) of the model a resumed run kept; score inf when the file holds none (it
     was kept as the last, or is missing or damaged): any judged model replaces it."""
     try:
-        metadata = ckpt.read_metadata(path)
-    except CheckpointError:
+        metadata = ckpt.read_metadata(path)  # the header alone: the weights are not needed
+        step = int(metadata.get("genai.step", 0))
+    except (CheckpointError, ValueError):
         return None, math.inf
-    try:
-        step, score = int(metadata.get("genai.step", 0)), json.loads(metadata[SCORE_KEY])["fid"]
-        return step, float(score) if isinstance(score, (int, float)) and math.isfinite(score) else math.inf
-    except (KeyError, TypeError, ValueError):
-        return None, math.inf
+    judged = ckpt.kept_judgement(metadata)
+    return (step, float(judged["fid"])) if judged else (None, math.inf)

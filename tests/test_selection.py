@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from test_training import flags, metrics, read_metadata
 
 from genai_cli import checkpoint as ckpt
-from genai_cli import report, selection, training
+from genai_cli import info, report, selection, training
 from genai_cli.config import Config
 from genai_cli.errors import UsageError
 
@@ -52,6 +52,7 @@ def test_keep_best_keeps_the_best_judged_checkpoint_and_resume_continues_from_th
     judged = [(r["step"], r["judge"]["fid"], r["judge"]["kept"]) for r in metrics(run.run_dir) if "judge" in r]
     assert judged == [(2, 5.0, True), (4, 3.0, True), (6, 9.0, False), (8, 7.0, False)]
     assert "Kept model" in (Path(run.run_dir) / "report.html").read_text()
+    assert info.describe(run.run_dir)["kept"]["fid"] == 3.0 and info.describe(str(model.parent / ckpt.STATE_FILE))["kept"] is None
 
     scripted(monkeypatch, [4.0, 6.0])  # worse than the kept 3.0: the resumed run must remember it
     resumed = training.train({"train.steps": 12}, resume=run.run_dir)
