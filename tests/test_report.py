@@ -265,12 +265,16 @@ def open_in_browser(page: str, tmp_path: Path) -> dict:
     """What headless Chromium saw loading `page` from a file, with every host name unresolvable."""
     path = tmp_path / "probed.html"
     path.write_text(page.replace("<head>", "<head>" + PROBE, 1))
-    done = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=10000",
-         "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp_path / 'profile'}", path.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
-    found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
-    assert found, f"chromium exit {done.returncode}: {done.stderr[-2000:]}"
+    # --dump-dom sometimes dumps the page before the probe's image decodes settle (the promises run
+    # outside Chromium's virtual time): a dump without the probe is taken again, up to three times.
+    for attempt in range(3):
+        done = subprocess.run(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=10000",
+             "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp_path / f'profile{attempt}'}", path.as_uri()],
+            capture_output=True, text=True, timeout=120, check=False)
+        if found := re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S):
+            break
+    assert found, f"chromium exit {done.returncode}, no probe in {len(done.stdout)} characters: {done.stderr[-2000:]}"
     return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
