@@ -1,8 +1,9 @@
 """What the fitted prior buys a VAE: one trained run's weights, scored with `genai eval` under
-three priors: N(0, I) (a plain VAE), a Gaussian fitted to the posterior means alone, and the
-Gaussian matching the aggregate posterior's moments (what `genai train` fits: the means'
-covariance plus the average posterior variance). A CVAE gets a fourth, one such Gaussian per
-class (what `genai train` fits for it), and its class accuracy. Same seeds, reference and extractor.
+N(0, I) (a plain VAE), one Gaussian matching the aggregate posterior's moments (the means'
+covariance plus the average posterior variance), and the mixture `genai train` fits (its
+config's `prior_components` Gaussians, fitted by EM to the same aggregate posterior). A CVAE also
+gets one Gaussian per class, and the mixtures are per class; its class accuracy is reported.
+Same seeds, reference and extractor.
 
     python benchmarks/bench_vae_prior.py runs/vae-fashion-mnist-001 [--inception] [--n 10000]
 
@@ -27,7 +28,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def write_variants(run: Path, folder: Path) -> dict[str, Path]:
-    """Copies of the run's model file whose prior is N(0, I), fitted to the means, or to the aggregate posterior."""
+    """Copies of the run's model file whose prior is N(0, I), one Gaussian (pooled, and per class for a
+    CVAE), or the fitted mixture."""
     from genai_cli import checkpoint as ckpt
     from genai_cli.data import load_dataset
     from genai_cli.objectives.elbo import posterior_moments
@@ -38,11 +40,12 @@ def write_variants(run: Path, folder: Path) -> dict[str, Path]:
     data, shape = loaded.config.data, loaded.config.model
     train = load_dataset(data.name, data_dir=data.data_dir, split=data.split, channels=shape.channels, image_size=shape.image_size)
     means, variances = posterior_moments(model, train, torch.device("cpu"))
-    prior, dim = model.decoder.prior, model.latent_dim
-    fits = {"standard": lambda: (prior.mean.zero_(), prior.scale_tril.copy_(torch.eye(dim))),
-            "means": lambda: prior.fit(means), "aggregate": lambda: prior.fit(means, variances)}
-    if model.conditional:  # "aggregate" pools the classes; a CVAE trains one Gaussian per class
-        fits["per_class"] = lambda: prior.fit(means, variances, train.all_labels())
+    prior, labels, seed = model.decoder.prior, train.all_labels(), loaded.config.train.seed
+    fits = {"standard": lambda: standard_normal(prior),
+            "gaussian": lambda: prior.fit(means, variances, components=1, seed=seed)}
+    if model.conditional:  # "gaussian" pools the classes; a CVAE fits its densities per class
+        fits["gaussian_per_class"] = lambda: prior.fit(means, variances, labels, components=1, seed=seed)
+    fits["mixture"] = lambda: prior.fit(means, variances, labels if model.conditional else None, seed=seed)
     with safe_open(str(run / "model.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
     paths = {}
@@ -53,6 +56,14 @@ def write_variants(run: Path, folder: Path) -> dict[str, Path]:
         save_file(ckpt.weights_of(model), str(paths[name] / "model.safetensors"), metadata=metadata)
         shutil.copy(run / "config.json", paths[name] / "config.json")
     return paths
+
+
+def standard_normal(prior: torch.nn.Module) -> None:
+    """The prior as N(0, I): all weight on one component with mean 0 and identity factor."""
+    prior.weights.zero_()
+    prior.weights[:, 0] = 1
+    prior.mean.zero_()
+    prior.scale_tril.copy_(torch.eye(prior.mean.shape[-1]).expand_as(prior.scale_tril))
 
 
 def score(checkpoint: Path, args: argparse.Namespace, conditional: bool) -> dict:
@@ -73,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         variants = write_variants(args.run, Path(tmp))
-        conditional = "per_class" in variants
+        conditional = "gaussian_per_class" in variants
         result = {"run": str(args.run), "n": args.n, "features": "inception" if args.inception else "classifier",
                   **{name: score(path, args, conditional) for name, path in variants.items()}}
     print(json.dumps(result))

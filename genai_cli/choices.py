@@ -14,6 +14,7 @@ DATASETS = ("mnist", "fashion-mnist", "kmnist", "cifar10")  # genai_cli.data.DAT
 GAN_LOSSES = ("bce", "hinge", "wgan-gp", "l1")  # genai_cli.objectives.gan_losses() (l1: pix2pix alone)
 NORMS = ("batch", "group", "none")  # genai_cli.models.blocks.NORMS
 PRIORS = ("fitted", "standard")  # the families' fitted prior, and N(0, I)
+LIKELIHOODS = ("gaussian", "bernoulli")  # genai_cli.models.vae.LIKELIHOODS
 PAIRS = ("folder", "edges", "masked", "downsampled")  # genai_cli.pairs.PAIRS
 DIRECTIONS = ("AtoB", "BtoA")  # genai_cli.pairs.DIRECTIONS
 METRICS = ("fid", "kid", "is", "pr", "dc", "acc", "cas", "nll", "paired")  # genai_cli.evaluation.METRICS

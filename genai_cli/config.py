@@ -17,7 +17,8 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 7  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep.
+SCHEMA_VERSION = 8  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
+# 8: model.likelihood and model.prior_components.
 # Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
@@ -37,6 +38,8 @@ class ModelConfig:
     beta: float = 1.0  # VAE: weight of the KL term (beta-VAE)
     norm: str = "batch"  # "batch", "group" or "none" (see models.blocks.norm_layer)
     prior: str | None = None  # latents: "standard" N(0, I) or "fitted" to the codes (VAEs); family default
+    prior_components: int | None = None  # Gaussians in a fitted prior (per class for cvae); family default
+    likelihood: str | None = None  # the VAE decoder's p(x | z): "gaussian" or "bernoulli"; family default
     in_channels: int | None = None  # channels of the input image, for models that translate one (pix2pix)
     dropout: float = 0.0  # dropout after each hidden layer of the MLP GAN's discriminator (0.3 before schema 6)
 
@@ -114,6 +117,8 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     5: (("train", "warmup", 0.0), ("train", "warmup_steps", 0)),
     6: (("model", "dropout", lambda raw: 0.3 if raw["model"].get("kind") == "gan" else 0.0),),
     7: (("train", "keep", "last"),),
+    8: (("model", "prior_components", lambda raw: 1 if raw["model"].get("prior") == "fitted" else None),
+        ("model", "likelihood", lambda raw: "bernoulli" if raw["model"].get("kind") in ("vae", "cvae") else None)),
 }
 
 
@@ -201,6 +206,7 @@ BOUNDS: dict[str, Bound] = {
     "--latent-dim": Bound(1, 4096),
     "--width": Bound(1, 1024),
     "--beta": Bound(0, 1e4),
+    "--prior-components": Bound(1, 1000),  # EM's cost grows with it; 100 already fits Fashion-MNIST's codes closely
     "--epochs": Bound(1, 1e6),
     "--steps": Bound(1, 1e12),
     "--batch-size": Bound(1, 65536),
@@ -246,7 +252,7 @@ def validate_model(model: ModelConfig, latent: bool = True) -> None:
     """Model flags within their ranges (image size and channels are checked with the data); `latent`
     False for a family without one (its --latent-dim is refused where the family's defaults are filled)."""
     for flag, value in (("--latent-dim", model.latent_dim if latent else None), ("--width", model.width),
-                        ("--beta", model.beta)):
+                        ("--beta", model.beta), ("--prior-components", model.prior_components)):
         check_range(flag, value)
     check_range("model.dropout", model.dropout, DROPOUT)  # no flag sets it: only an edited file can break it
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import console, metrics, pairs, resources, rundir, sampling, tboard
@@ -30,6 +29,7 @@ from genai_cli.data import DATASETS, ImageSource, load_dataset
 from genai_cli.errors import GenaiError, UsageError
 from genai_cli.fileio import append_line
 from genai_cli.models import GenerativeModel, VariationalModel
+from genai_cli.objectives.elbo import log_likelihood
 from genai_cli.runtime import pick_device, seed_everything
 
 # What --ref-stats (the reference's feature mean and covariance, no features) is not enough for.
@@ -461,9 +461,10 @@ def likelihood(s: Scoring) -> dict[str, float]:
 def vae_metrics(model: VariationalModel, images: torch.Tensor, labels: torch.Tensor | None, k: int,
                 device: torch.device, batch: int = 100) -> dict[str, float]:
     """Test-set ELBO and the importance-weighted bound on -log p(x) (Burda et al. 2016), in nats
-    per image, with the Bernoulli decoder on [0, 1] intensities, under the prior `genai sample`
-    draws from; with a fitted prior also the bound under N(0, I) that training optimised, so a
-    better prior is never bought with a worse likelihood unseen. Plus reconstruction MSE."""
+    per image, with the decoder's likelihood (a Gaussian's: of the 8-bit pixel values; a
+    Bernoulli's: on [0, 1] intensities), under the prior `genai sample` draws from; with a fitted
+    prior also the bound under N(0, I) that training optimised, so a better prior is never bought
+    with a worse likelihood unseen. Plus reconstruction MSE."""
     model.eval()
     fitted = model.decoder.prior
     standard = torch.distributions.Normal(0, 1)
@@ -477,7 +478,7 @@ def vae_metrics(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
         log_w, log_w_standard = [], []
         for _ in range(k):
             z = mu + std * torch.randn_like(std)
-            log_px = -F.binary_cross_entropy_with_logits(model.decode_logits(z, y), x, reduction="none").flatten(1).sum(1)
+            log_px = log_likelihood(model, model.decode_logits(z, y), x)
             log_qz = torch.distributions.Normal(mu, std).log_prob(z).sum(1)
             log_w_standard.append(log_px + standard.log_prob(z).sum(1) - log_qz)
             log_w.append(log_px + sampling_prior.log_prob(z) - log_qz if sampling_prior is not None else log_w_standard[-1])
@@ -488,7 +489,8 @@ def vae_metrics(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
         recon = torch.sigmoid(model.decode_logits(mu, y))
         mse_sum += float(((recon - x) ** 2).flatten(1).mean(1).sum())
     n = len(images)
-    out = {"elbo": elbo_sum / n, "nll": -iw_sum / n, "recon_mse": mse_sum / n, "iw_samples": k}
+    out = {"elbo": elbo_sum / n, "nll": -iw_sum / n, "recon_mse": mse_sum / n, "iw_samples": k,
+           "likelihood": model.config.likelihood}
     return out | ({"nll_standard_prior": -iw_standard_sum / n} if fitted is not None else {})
 
 

@@ -6,8 +6,8 @@ and then moved to the device, so a seed names the same image on every run and de
 
 `--trunc PSI` is the truncation trick (Brock et al. 2018; stylegan2-ada's `generate.py --trunc`)
 in its simplest form: genai's latents are N(0, I), whose mean is 0, so pulling a latent toward
-the mean is z * PSI. It scales the noise that goes in, so a VAE's fitted prior pulls toward its
-own mean as well.
+the mean is z * PSI. It scales the noise that goes in, so a VAE's fitted prior pulls toward the
+mean of the component the noise picks (scaling keeps the noise's angle, which picks it).
 """
 
 from __future__ import annotations

@@ -30,13 +30,14 @@ import torch
 from genai_cli import __version__, console, distributed, pairs, plots, report, resources, rundir, selection, tboard
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
-from genai_cli.config import Config, validate_model, validate_train
+from genai_cli.config import Config, ModelConfig, validate_model, validate_train
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.distributed import SINGLE_PROCESS, World
 from genai_cli.errors import CheckpointError, ExitCode, Interrupted, TrainingDiverged, UsageError
 from genai_cli.fileio import append_line, atomic_write
 from genai_cli.models import MODELS, GenerativeModel, ModelSpec
 from genai_cli.models.blocks import NORMS
+from genai_cli.models.vae import LIKELIHOODS
 from genai_cli.objectives import (
     Health,
     Objective,
@@ -132,13 +133,32 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     if spec.conditional and not source.labelled:
         raise UsageError(f"--model {spec.name} needs labelled data but {source.name} has no classes; "
                          "use class sub-folders or an unconditional model")
+    resolve_decoding(model, spec)
+    if model.norm not in NORMS:
+        raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {model.norm!r}")
+    return config
+
+
+def resolve_decoding(model: ModelConfig, spec: ModelSpec) -> None:
+    """The prior latents are drawn from (its components) and a VAE decoder's likelihood: family
+    defaults, and the combinations that cannot work refused."""
     model.prior = spec.prior if model.prior is None else model.prior
     if model.prior not in (spec.prior, "standard"):
         raise UsageError(f"--prior {model.prior!r} is not available for --model {spec.name}; it has: "
                          + ", ".join(dict.fromkeys(("standard", spec.prior))))
-    if model.norm not in NORMS:
-        raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {model.norm!r}")
-    return config
+    if model.prior == "fitted":
+        model.prior_components = model.prior_components or spec.prior_components
+        if model.prior_components > 1 and model.latent_dim < 2:
+            raise UsageError("a fitted prior of several components needs --latent-dim 2 or more; "
+                             "add --prior-components 1")
+    elif model.prior_components is not None:
+        raise UsageError(f"--prior-components sizes a fitted prior, and --model {spec.name} draws its latents from "
+                         "N(0, I) here: drop --prior-components")
+    if model.likelihood is not None and spec.likelihood is None:
+        raise UsageError(f"--likelihood sets a VAE decoder's; --model {spec.name} has none: drop --likelihood")
+    model.likelihood = model.likelihood or spec.likelihood
+    if spec.likelihood and model.likelihood not in LIKELIHOODS:  # a config file's; the flag takes only these
+        raise UsageError(f"--likelihood must be one of {', '.join(LIKELIHOODS)}, got {model.likelihood!r}")
 
 
 def load_source(config: Config, spec: ModelSpec) -> ImageSource:

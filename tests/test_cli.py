@@ -391,7 +391,7 @@ def test_choices_are_case_and_underscore_blind(idx_root: Path):
 def registry_names() -> dict[str, set[str]]:
     """What each tuple of genai_cli.choices mirrors, read from the registries themselves."""
     from genai_cli import data, evaluation, export, pairs, runtime, selection
-    from genai_cli.models import MODELS, blocks
+    from genai_cli.models import MODELS, blocks, vae
     from genai_cli.objectives import gan_losses
 
     with pytest.raises(UsageError) as features:  # evaluation names its extractors in the refusal of others
@@ -404,7 +404,7 @@ def registry_names() -> dict[str, set[str]]:
         "FEATURES": {name for name in choices.FEATURES if repr(name) in str(features.value)},
         "METRICS": set(evaluation.METRICS),
         "EXPORT_FORMATS": set(export.FORMATS), "DTYPES": set(export.DTYPES), "DEVICES": set(runtime.DEVICE_CHOICES),
-        "KEEPS": set(selection.KEEPS),
+        "KEEPS": set(selection.KEEPS), "LIKELIHOODS": set(vae.LIKELIHOODS),
     }
 
 

@@ -1,11 +1,14 @@
 """Convolutional VAE (Kingma & Welling 2014) and its label-conditioned variant (CVAE).
 
 The encoder is the DCGAN feature stack followed by linear heads for mu and log-variance;
-the decoder is the DCGAN generator producing Bernoulli logits, so the reconstruction term
-is `binary_cross_entropy_with_logits` on pixels in [0, 1] (stable, autocast-safe).
+the decoder is the DCGAN generator producing logits whose sigmoid is the image's mean in [0, 1].
+Its likelihood (genai_cli.objectives.elbo) is a Gaussian around that mean with one shared
+variance (the default: sharp images) or a Bernoulli on each pixel's intensity (the classic VAE).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -15,6 +18,7 @@ from genai_cli.models.base import ModelSpec, VariationalModel
 from genai_cli.models.blocks import ConvEncoder, ConvGenerator, LabelEmbedding
 
 LABEL_EMBEDDING_DIM = 16
+LIKELIHOODS = ("gaussian", "bernoulli")  # p(x | z) of the decoder; the objective computes each
 
 
 class Encoder(nn.Module):
@@ -35,56 +39,162 @@ class Encoder(nn.Module):
 
 
 class FittedPrior(nn.Module):
-    """N(mean, L L^T) fitted to the training set's codes once training ends (ex-post density estimation,
-    Ghosh et al. 2020): a VAE's codes do not fill N(0, I), and decoding the regions between them gives
-    the blurry, off-manifold samples. A CVAE gets one Gaussian per class, fitted to that class's codes:
-    its encoder sees the image, so the codes still carry the class, and a code drawn from the pooled
-    Gaussian with the label of another class decodes as neither. It maps N(0, I) noise, so seeds,
-    sampling and export keep their interface; until it is fitted it is the identity (N(0, I) itself)."""
+    """A mixture of Gaussians fitted to the training set's codes once training ends (ex-post density
+    estimation, Ghosh et al. 2020): a VAE's codes do not fill N(0, I), and decoding the regions between
+    them gives the blurry, off-manifold samples. One Gaussian matching the codes' moments halves that
+    gap; 100 components close most of it (benchmarks/RESULTS.md, VAE prior). A CVAE gets one mixture
+    per class, fitted to that class's codes: its encoder sees the image, so the codes still carry the
+    class, and a code drawn from the pooled density with the label of another class decodes as neither.
 
-    def __init__(self, dim: int, classes: int = 0) -> None:
+    It maps N(0, I) noise, so seeds, sampling and export keep their interface: the angle of the first
+    two noise coordinates picks a component (an angle is uniform and independent of the radius) and,
+    stretched back over the full turn, stays uniform and independent of the choice, so the noise that
+    the component's Gaussian then shapes is exactly N(0, I). Until fitted it is N(0, I) itself."""
+
+    def __init__(self, dim: int, classes: int = 0, components: int = 1) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.zeros(max(classes, 1), dim))
-        self.register_buffer("scale_tril", torch.eye(dim).repeat(max(classes, 1), 1, 1))
+        assert components == 1 or dim >= 2, "picking a component takes two noise coordinates"
+        tables = max(classes, 1)
+        self.register_buffer("weights", torch.zeros(tables, components))
+        self.weights[:, 0] = 1
+        self.register_buffer("mean", torch.zeros(tables, components, dim))
+        self.register_buffer("scale_tril", torch.eye(dim).repeat(tables, components, 1, 1))
 
     def forward(self, eps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if labels is None or len(self.mean) == 1:
-            return self.mean[0] + eps @ self.scale_tril[0].T
-        return self.mean[labels] + (self.scale_tril[labels] @ eps.unsqueeze(-1)).squeeze(-1)
+        tables, components = self.weights.shape
+        table = labels if labels is not None and tables > 1 else torch.zeros_like(eps[:, 0], dtype=torch.long)
+        if components > 1:
+            component, eps = _pick_component(eps, self.weights[table])
+            table = table * components + component
+        mean = self.mean.flatten(0, 1)[table]
+        scale_tril = self.scale_tril.flatten(0, 1)[table]
+        return mean + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
 
-    def distribution(self, labels: torch.Tensor | None = None) -> torch.distributions.MultivariateNormal:
+    def distribution(self, labels: torch.Tensor | None = None) -> torch.distributions.MixtureSameFamily:
         """p(z), or p(z | label) per row, for the likelihood bounds."""
-        if labels is None or len(self.mean) == 1:
-            return torch.distributions.MultivariateNormal(self.mean[0], scale_tril=self.scale_tril[0])
-        return torch.distributions.MultivariateNormal(self.mean[labels], scale_tril=self.scale_tril[labels])
+        rows = labels if labels is not None and len(self.weights) > 1 else 0
+        return torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(probs=self.weights[rows]),
+            torch.distributions.MultivariateNormal(self.mean[rows], scale_tril=self.scale_tril[rows]))
 
     @torch.no_grad()
-    def fit(self, means: torch.Tensor, variances: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
-        """Match the aggregate posterior's first two moments (per class with `labels`): the codes' mean,
-        and the covariance of the posterior means plus the average posterior variance (without it the
-        prior is narrower than the codes, which sharpens samples but costs likelihood). A class with
-        fewer than two codes keeps the pooled fit. float64; a tiny ridge keeps the factor positive."""
-        pooled = _moments(means, variances)
-        for k in range(len(self.mean)):
-            rows = labels == k if labels is not None and len(self.mean) > 1 else slice(None)
-            fit = _moments(means[rows], None if variances is None else variances[rows]) if len(means[rows]) > 1 else pooled
-            self.mean[k], self.scale_tril[k] = fit
+    def fit(self, means: torch.Tensor, variances: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+            components: int | None = None, seed: int = 0) -> None:
+        """Fit each table (per class with `labels`) to the aggregate posterior, the mixture of the codes'
+        Gaussians N(means, diag(variances)), with up to `components` of its mixture (all by default; the
+        rest get weight 0). A class with fewer than two codes keeps the pooled fit."""
+        k = self.weights.shape[1] if components is None else components
+        pooled = fit_mixture(means, variances, k, seed)
+        for table in range(len(self.weights)):
+            rows = labels == table if labels is not None and len(self.weights) > 1 else slice(None)
+            fit = fit_mixture(means[rows], None if variances is None else variances[rows], k, seed) \
+                if len(means[rows]) > 1 else pooled
+            self.weights[table] = 0
+            for buffer, value in zip((self.weights, self.mean, self.scale_tril), fit):
+                buffer[table, :k] = value
 
     def upgrade_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Files written before per-class priors hold one (dim,) Gaussian: every class gets it, which
-        samples exactly what those files sampled."""
+        """Files written before mixtures hold one Gaussian per class, (classes, dim), and those before
+        per-class priors one (dim,) Gaussian for every class: both sample exactly what they sampled."""
+        stored = tensors.get(prefix + "mean")
+        if stored is None or stored.dim() == self.mean.dim():
+            return
         for name, buffer in (("mean", self.mean), ("scale_tril", self.scale_tril)):
-            stored = tensors.get(prefix + name)
-            if stored is not None and stored.dim() == buffer.dim() - 1:
-                tensors[prefix + name] = stored.expand(buffer.shape).clone()
+            old = tensors[prefix + name]
+            old = old.unsqueeze(-2 if name == "mean" else -3) if old.dim() == buffer.dim() - 1 else old
+            tensors[prefix + name] = old.expand(buffer.shape).clone()
+        tensors[prefix + "weights"] = torch.ones(self.weights.shape)
 
 
-def _moments(means: torch.Tensor, variances: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    x = means.double()
-    cov = torch.cov(x.T) + 1e-6 * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-    if variances is not None:
-        cov += torch.diag(variances.double().mean(0))
-    return x.mean(0), torch.linalg.cholesky(cov)
+def _pick_component(eps: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(component per row drawn with `weights` (rows x components), eps with its first two coordinates
+    re-drawn): the angle u of (eps0, eps1), a uniform fraction of a turn, falls in one component's share
+    of [0, 1); where in that share it fell is uniform again and becomes the new angle. Only elementwise
+    ops and gathers, so the exported graph (ONNX, pt2) keeps the mixture."""
+    turn = torch.atan2(eps[:, 1], eps[:, 0]) / (2 * math.pi) % 1.0
+    ends = weights.cumsum(1)
+    component = (turn.unsqueeze(1) >= ends[:, :-1]).sum(1)
+    start = (ends - weights).gather(1, component.unsqueeze(1)).squeeze(1)
+    share = weights.gather(1, component.unsqueeze(1)).squeeze(1).clamp_min(1e-12)
+    angle = 2 * math.pi * (turn - start) / share
+    radius = eps[:, :2].norm(dim=1)
+    return component, torch.cat([torch.stack([radius * angle.cos(), radius * angle.sin()], 1), eps[:, 2:]], 1)
+
+
+EM_ITERATIONS, EM_TOLERANCE = 100, 1e-4  # EM stops when a pass gains less than this (nats per code)
+EM_CODES = 20_000  # codes a mixture is fitted to, drawn at random past that: EM's cost is codes x components x dim^2
+
+
+def fit_mixture(means: torch.Tensor, variances: torch.Tensor | None, k: int,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weights, means, Cholesky factors) of k Gaussians fitted by EM to the codes, each code a Gaussian
+    N(mean, diag(variance)): responsibilities from the means, and each component's covariance adds its
+    codes' average variance (without it the prior is narrower than the codes, which sharpens samples
+    but costs likelihood). k = 1 is moment matching. float64 on the CPU, seeded; a tiny ridge keeps
+    every factor positive."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(means), generator=generator)[:EM_CODES] if len(means) > EM_CODES else slice(None)
+    x = means.detach()[rows].double().cpu()
+    v = None if variances is None else variances.detach()[rows].double().cpu()
+    n, dim = x.shape
+    ridge = 1e-6 * torch.eye(dim, dtype=x.dtype)
+    centres = _spread_centres(x, k, generator)
+    covs = (torch.cov(x.T).reshape(dim, dim) + ridge).expand(k, dim, dim).clone()
+    weights = torch.full((k,), 1.0 / k, dtype=x.dtype)
+    previous = -math.inf
+    for _ in range(EM_ITERATIONS if k > 1 else 1):
+        resp, loglik = _responsibilities(x, weights, centres, covs) if k > 1 else (torch.ones(n, 1, dtype=x.dtype), 0.0)
+        mass = resp.sum(0)
+        safe = mass.clamp_min(torch.finfo(x.dtype).tiny)
+        weights, centres = mass / n, (resp.T @ x) / safe[:, None]
+        covs = torch.stack([_scatter(x, centre, r) / m for centre, r, m in zip(centres, resp.T, safe)]) + ridge
+        if v is not None:
+            covs += torch.diag_embed((resp.T @ v) / safe[:, None])
+        if loglik - previous < EM_TOLERANCE:
+            break
+        previous = loglik
+    return weights, centres, torch.linalg.cholesky(covs)
+
+
+# The N x dim^2 products below run in float32 on codes centred first, so nothing large cancels:
+# twice as fast as float64, and the sums and factorisations around them stay float64.
+def _mahalanobis(x: torch.Tensor, centre: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    diff = (x - centre).float()
+    return ((diff @ precision.float()) * diff).sum(1).double()
+
+
+def _scatter(x: torch.Tensor, centre: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_n weights_n (x_n - centre)(x_n - centre)^T."""
+    diff = (x - centre).float()
+    return ((diff.T * weights.float()) @ diff).double()
+
+
+def _spread_centres(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k codes to start EM from, each drawn with odds the squared distance to the nearest one drawn
+    before (k-means++, Arthur & Vassilvitskii 2007): random codes often start two components in one
+    cluster and leave one component straddling two, a state EM does not leave."""
+    chosen = [int(torch.randint(len(x), (1,), generator=generator))]
+    nearest = (x - x[chosen[0]]).pow(2).sum(1)
+    for _ in range(k - 1):
+        odds = nearest if nearest.sum() > 0 else torch.ones_like(nearest)  # every code drawn: repeats share theirs
+        chosen.append(int(torch.multinomial(odds, 1, generator=generator)))
+        nearest = torch.minimum(nearest, (x - x[chosen[-1]]).pow(2).sum(1))
+    return x[chosen]
+
+
+def _responsibilities(x: torch.Tensor, weights: torch.Tensor, centres: torch.Tensor,
+                      covs: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """E-step: each code's posterior over the components, and the codes' mean log-likelihood. One
+    component at a time through its precision matrix: several times faster here than a batched
+    MultivariateNormal, and N x dim of memory instead of N x K x dim."""
+    factors = torch.linalg.cholesky(covs)
+    precisions = torch.cholesky_inverse(factors)
+    log_norm = weights.clamp_min(torch.finfo(x.dtype).tiny).log() - factors.diagonal(dim1=-2, dim2=-1).log().sum(-1) \
+        - 0.5 * x.shape[1] * math.log(2 * math.pi)
+    joint = torch.stack([-0.5 * _mahalanobis(x, centre, precision) for centre, precision in zip(centres, precisions)], 1)
+    joint = joint + log_norm
+    total = torch.logsumexp(joint, 1, keepdim=True)
+    return (joint - total).exp(), float(total.mean())
 
 
 class Decoder(nn.Module):
@@ -94,7 +204,10 @@ class Decoder(nn.Module):
         self.labels = LabelEmbedding(config.num_classes, LABEL_EMBEDDING_DIM) if config.num_classes else None
         in_dim = config.latent_dim + (LABEL_EMBEDDING_DIM if self.labels else 0)
         self.body = ConvGenerator(in_dim, config.channels, config.image_size, config.width, config.norm)
-        self.prior = FittedPrior(config.latent_dim, config.num_classes) if config.prior == "fitted" else None
+        self.prior = FittedPrior(config.latent_dim, config.num_classes, config.prior_components or 1) \
+            if config.prior == "fitted" else None
+        if config.likelihood == "gaussian":  # its pixels' variance, fitted when training ends; the bounds read it
+            self.register_buffer("variance", torch.ones(()))
 
     def logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.labels is not None:
@@ -102,7 +215,7 @@ class Decoder(nn.Module):
         return self.body(z)
 
     def mean_image(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean image of the Bernoulli decoder at code z, mapped to [-1, 1] like the GANs' output."""
+        """Mean image of the decoder at code z, mapped to [-1, 1] like the GANs' output."""
         return torch.sigmoid(self.logits(z, labels)) * 2 - 1
 
     def forward(self, eps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,6 +243,8 @@ SPEC = ModelSpec(
     beta1=0.9,
     ema=0.0,
     prior="fitted",
+    prior_components=100,
+    likelihood="gaussian",
     shape=VariationalModel,
     short_budget=SHORT_BUDGET,
 )
@@ -144,6 +259,8 @@ CONDITIONAL_SPEC = ModelSpec(
     beta1=0.9,
     ema=0.0,
     prior="fitted",
+    prior_components=10,
+    likelihood="gaussian",
     shape=VariationalModel,
     short_budget=SHORT_BUDGET,
 )
