@@ -50,6 +50,7 @@ bench-quality: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/bench_quality.sh
 	$(BIN)/python benchmarks/bench_time_to_quality.py
 	$(BIN)/python benchmarks/bench_keep_best.py --model gan --max-time 30m
+	$(BIN)/python benchmarks/bench_vae_likelihood.py --max-time 300s
 	$(BIN)/python benchmarks/bench_pix2pix.py --task edges --task masked
 	@if [ -n "$$PYTORCH_EXAMPLES_VAE" ]; then $(BIN)/python benchmarks/bench_vae_examples.py --budget 60 --budget 300 --budget 600; \
 	else echo "skipped bench_vae_examples.py: set PYTORCH_EXAMPLES_VAE to pytorch/examples' vae/main.py (not vendored)" >&2; fi

@@ -105,6 +105,15 @@ def any_rank(flags: Sequence[bool], world: World, device: torch.device) -> list[
     return [bool(v) for v in values.tolist()]
 
 
+def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
+    """A detached scalar's mean over every process (the scalar itself on one): a statistic of the
+    whole batch, where each process holds an equal slice of it."""
+    total = value.detach().clone()
+    if world.distributed:
+        dist.all_reduce(total)
+    return total / world.size
+
+
 def broadcast_text(text: str, world: World) -> str:
     """Rank 0's string on every rank (the run directory rank 0 chose)."""
     if not world.distributed:

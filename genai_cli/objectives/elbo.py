@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genai_cli import images as imgs
-from genai_cli.distributed import global_slice, wrap
+from genai_cli.distributed import global_slice, mean_over_ranks, wrap
 from genai_cli.models import GenerativeModel, VariationalModel
 from genai_cli.objectives.base import Health, Losses, ObjectiveSpec, SampleGrid, adam, noise_grid
 from genai_cli.runtime import autocast
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class ELBOTerms(nn.Module):
-    """Per-batch mean reconstruction (nats, the decoder's likelihood on [0, 1] pixels) and KL to N(0, I).
+    """Per-batch reconstruction error (`reconstruction_error`) and mean KL to N(0, I).
 
     A module, so that DDP can wrap the whole encoder-decoder pass in one forward call.
     """
@@ -43,7 +43,7 @@ class ELBOTerms(nn.Module):
         mu, logvar = self.model.encoder(real, labels)
         z = mu + eps * torch.exp(0.5 * logvar)
         logits = self.model.decode_logits(z, labels).float()
-        recon = reconstruction_loss(self.model.config.likelihood, logits, (real.float() + 1) / 2)
+        recon = reconstruction_error(self.model.config.likelihood, logits, (real.float() + 1) / 2)
         n = real.shape[0]
         kl = -0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp()) / n
         return recon, kl
@@ -97,6 +97,8 @@ class ELBOObjective:
         eps = global_slice(torch.randn(n * self.world.size, latent, device=real.device), self.world)
         with autocast(self.device):
             recon, kl = self.terms(real, labels, eps)
+        if self.model.config.likelihood == "gaussian":
+            recon = gaussian_reconstruction(recon, real[0].numel(), self.world)
         loss = recon + self.model.config.beta * kl
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)
@@ -120,15 +122,20 @@ def reconstruct(model: VariationalModel, images: torch.Tensor, labels: torch.Ten
         model.train(was_training)
 
 
-def reconstruction_loss(likelihood: str | None, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """-log p(x | z) for training, nats per image averaged over the batch, on [0, 1] pixels. The
-    Gaussian's variance is the batch's mean squared error, at which its density peaks: the term is
-    then the mean squared error's log times half the pixels, plus constants."""
-    n, pixels = target.shape[0], target[0].numel()
+def reconstruction_error(likelihood: str | None, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A Bernoulli decoder's -log p(x | z), nats per image averaged over the batch, on [0, 1] pixels;
+    for a Gaussian decoder, the batch's mean squared error per pixel (`gaussian_reconstruction`)."""
     if likelihood == "gaussian":
-        mse = (torch.sigmoid(logits) - target).pow(2).mean()
-        return 0.5 * pixels * (torch.log(2 * math.pi * mse) + 1)
-    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / n
+        return (torch.sigmoid(logits) - target).pow(2).mean()
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / target.shape[0]
+
+
+def gaussian_reconstruction(mse: torch.Tensor, pixels: int, world: World) -> torch.Tensor:
+    """The Gaussian decoder's -log p(x | z), nats per image, at the variance where its density peaks:
+    the mean squared error of the whole batch (all processes'). Its value is half the pixels times
+    log(2 pi e mse); its gradient, this process's share of that, so N processes step as one does."""
+    batch_mse = mean_over_ranks(mse, world)
+    return 0.5 * pixels * (torch.log(2 * math.pi * batch_mse) + 1 + (mse - batch_mse) / batch_mse)
 
 
 def log_likelihood(model: VariationalModel, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
