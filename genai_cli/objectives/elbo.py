@@ -144,8 +144,10 @@ def log_likelihood(model: VariationalModel, logits: torch.Tensor, target: torch.
     end bins open), so the bound is a true likelihood of the data; a Bernoulli, the classic VAE's
     number on [0, 1] intensities."""
     if model.config.likelihood == "gaussian":
-        std = model.decoder.variance.double().sqrt()
-        return discretized_gaussian_log_prob(target.double(), torch.sigmoid(logits.double()), std).flatten(1).sum(1)
+        exact = torch.float32 if logits.device.type == "mps" else torch.float64  # MPS has no float64
+        std = model.decoder.variance.to(exact).sqrt()
+        log_p = discretized_gaussian_log_prob(target.to(exact), torch.sigmoid(logits.to(exact)), std)
+        return log_p.flatten(1).sum(1)
     return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
 
 
@@ -188,11 +190,11 @@ def reconstruction_mse(model: VariationalModel, source: ImageSource, means: torc
     seeded by nothing; any variance gives a valid bound)."""
     was_training = model.training
     model.eval()
-    total, count, start = torch.zeros((), dtype=torch.float64, device=device), 0, 0
+    total, count, start = 0.0, 0, 0
     for images, labels in source.in_order(batch, device):
         z = means[start : start + len(images)]
         mean = torch.sigmoid(model.decode_logits(z, labels if model.conditional else None).float())
-        total += (mean - images.float() / 255).pow(2).sum().double()
+        total += float((mean - images.float() / 255).pow(2).sum())
         count, start = count + images.numel(), start + len(images)
     model.train(was_training)
-    return total / count
+    return torch.tensor(total / count)
