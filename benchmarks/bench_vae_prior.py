@@ -41,7 +41,7 @@ def write_variants(run: Path, folder: Path) -> dict[str, Path]:
     train = load_dataset(data.name, data_dir=data.data_dir, split=data.split, channels=shape.channels, image_size=shape.image_size)
     means, variances = posterior_moments(model, train, torch.device("cpu"))
     prior, labels, seed = model.decoder.prior, train.all_labels(), loaded.config.train.seed
-    fits = {"standard": lambda: standard_normal(prior),
+    fits = {"standard": prior.reset,
             "gaussian": lambda: prior.fit(means, variances, components=1, seed=seed)}
     if model.conditional:  # "gaussian" pools the classes; a CVAE fits its densities per class
         fits["gaussian_per_class"] = lambda: prior.fit(means, variances, labels, components=1, seed=seed)
@@ -56,14 +56,6 @@ def write_variants(run: Path, folder: Path) -> dict[str, Path]:
         save_file(ckpt.weights_of(model), str(paths[name] / "model.safetensors"), metadata=metadata)
         shutil.copy(run / "config.json", paths[name] / "config.json")
     return paths
-
-
-def standard_normal(prior: torch.nn.Module) -> None:
-    """The prior as N(0, I): all weight on one component with mean 0 and identity factor."""
-    prior.weights.zero_()
-    prior.weights[:, 0] = 1
-    prior.mean.zero_()
-    prior.scale_tril.copy_(torch.eye(prior.mean.shape[-1]).expand_as(prior.scale_tril))
 
 
 def score(checkpoint: Path, args: argparse.Namespace, conditional: bool) -> dict:

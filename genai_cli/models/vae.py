@@ -56,9 +56,17 @@ class FittedPrior(nn.Module):
         assert components == 1 or dim >= 2, "picking a component takes two noise coordinates"
         tables = max(classes, 1)
         self.register_buffer("weights", torch.zeros(tables, components))
-        self.weights[:, 0] = 1
         self.register_buffer("mean", torch.zeros(tables, components, dim))
-        self.register_buffer("scale_tril", torch.eye(dim).repeat(tables, components, 1, 1))
+        self.register_buffer("scale_tril", torch.zeros(tables, components, dim, dim))
+        self.reset()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """N(0, I) in every table: all weight on a first component of mean 0 and identity factor."""
+        self.weights.zero_()
+        self.weights[:, 0] = 1
+        self.mean.zero_()
+        self.scale_tril.copy_(torch.eye(self.mean.shape[-1]).expand_as(self.scale_tril))
 
     def forward(self, eps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         tables, components = self.weights.shape
