@@ -37,7 +37,7 @@ def main() -> None:
     test, train = (load_dataset(data.name, data_dir=data.data_dir, split=split, channels=shape.channels,
                                 image_size=shape.image_size) for split in ("test", "train"))
     reference = evaluation.split_features(test, data.name, "test", SAMPLES, judge)
-    means, variances = posterior_moments(model, train, device)
+    means, variances = posterior_moments(model, train.in_order(500, device))
     labels = train.all_labels() if model.conditional else None
     for setting in args.settings:
         k, codes, iterations = (int(v) for v in setting.split(","))

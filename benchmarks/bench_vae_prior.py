@@ -39,7 +39,7 @@ def write_variants(run: Path, folder: Path) -> dict[str, Path]:
         sys.exit(f"{run} has no fitted prior (trained with --prior standard, or not a VAE)")
     data, shape = loaded.config.data, loaded.config.model
     train = load_dataset(data.name, data_dir=data.data_dir, split=data.split, channels=shape.channels, image_size=shape.image_size)
-    means, variances = posterior_moments(model, train, torch.device("cpu"))
+    means, variances = posterior_moments(model, train.in_order(500, torch.device("cpu")))
     prior, labels, seed = model.decoder.prior, train.all_labels(), loaded.config.train.seed
     fits = {"standard": prior.reset,
             "gaussian": lambda: prior.fit(means, variances, components=1, seed=seed)}

@@ -139,8 +139,11 @@ class ImageSource:
 
     def in_order(self, batch_size: int, device: torch.device) -> Iterator[Batch]:
         """Every image once, in dataset order (the last batch may be smaller): for passes that are no training."""
-        n = len(self)
-        return self._batches([torch.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)], device)
+        return self.batches_at(torch.arange(len(self)), batch_size, device)
+
+    def batches_at(self, rows: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[Batch]:
+        """The images at `rows` once, in that order, `batch_size` at a time (the last batch may be smaller)."""
+        return self._batches(list(rows.split(batch_size)), device)
 
     def _batches(self, indices: list[torch.Tensor], device: torch.device) -> Iterator[Batch]:
         for index, images in zip(indices, self._images_at(indices)):
@@ -170,11 +173,6 @@ class InMemorySource(ImageSource):
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def in_order(self, batch_size: int, device: torch.device) -> Iterator[Batch]:
-        """Every image once, in dataset order (the last batch may be smaller): for passes that are no training."""
-        n = len(self)
-        return self._batches([torch.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)], device)
 
     def _batches(self, indices: list[torch.Tensor], device: torch.device) -> Iterator[Batch]:
         """The dataset moves to the device once (uint8, tens of MB for MNIST-sized data) and each

@@ -60,6 +60,9 @@ RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "
 # until the rate starts to fall (a constant-rate family revises to the end).
 BUDGET_WARMUP, BUDGET_PLAN_AT, BUDGET_PLAN_FRACTION, BUDGET_USE = 5, 25, 0.05, 0.95
 BUDGET_REVISE = (0.1, 0.3, 0.5, 0.7, 0.9)
+# The plan also keeps the time an objective's finish needs (the VAE's passes and EM); what it can cut short
+# (EM) stops SAVE_SHARE of the budget before its end, which the last save takes (1-2 s for a VAE here).
+SAVE_SHARE = 0.01
 BUDGET_PROVISIONAL_STEPS = 10**9
 
 
@@ -258,6 +261,8 @@ class Session:
     step: int = 0
     saved_step: int | None = None  # the newest checkpoint on disk
     deadline: float | None = None  # time.monotonic() at which --max-time ends the run
+    budget: float | None = None  # the seconds of a --max-time budget
+    finish_by: float | None = None  # time.monotonic() by which the objective's finish ends, leaving time for the last save
     out_of_time: bool = False
     budgeted: bool = False  # --max-time alone: the length is planned (and revised) from the steps' speed
     budget_timer: float = 0.0  # time.monotonic() at step budget_from
@@ -520,6 +525,8 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
             plan = plan_run(flags, resume, world, budget)
             session = start_session(plan, out, resume, force, holds)
             session.deadline, session.budgeted = deadline, budgeted
+            if deadline is not None and max_time is not None:
+                session.budget, session.finish_by = max_time, deadline - SAVE_SHARE * max_time
             start_judging(session, plan)
             if not budgeted and session.config.train.warmup_steps is None:  # a new run: its length is known
                 session.config.train.warmup_steps = int(session.config.train.warmup * session.total_steps)
@@ -554,7 +561,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
             write_summaries(session)
         raise
     seconds = time.perf_counter() - started
-    session.objective.finish(session.source)
+    session.objective.finish(session.source, session.finish_by)
     model_path = session.save(ends_run=True)
     if main:
         write_sample_grid(session, grid)
@@ -649,7 +656,8 @@ def plan_budget(session: Session, progress: console.StepProgress) -> None:
     if step != session.next_plan and not early:
         return
     rate = (step - session.budget_from) / max(timed, 1e-9)  # steps a second, of the kind running now
-    left = max(session.deadline - now, 0.0) * BUDGET_USE
+    finish = session.objective.finish_seconds(session.source, rate * session.rank_batch_size, session.budget or 0.0)
+    left = max(max(session.deadline - now, 0.0) * BUDGET_USE - finish, 0.0)
     cost = choose(type(session.model), train.gan_loss).warmup_cost
     if first and train.warmup:  # a length P whose first warmup*P steps cost `cost` of the others fills what is left
         total = (rate * left + step) / (train.warmup + (1 - train.warmup) / cost)

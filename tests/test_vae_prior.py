@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import FakeClock, budget_plans
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixture)
@@ -22,7 +24,9 @@ from genai_cli.config import Config
 from genai_cli.data import load_dataset
 from genai_cli.errors import UsageError
 from genai_cli.evaluation import vae_metrics
+from genai_cli.models import vae
 from genai_cli.models.vae import FittedPrior, _pick_component
+from genai_cli.objectives import elbo
 from genai_cli.objectives.elbo import discretized_gaussian_log_prob, reconstruct
 
 OLD_PRIOR_FLAGS = {"model.prior_components": 1, "model.likelihood": "bernoulli"}  # what schema-7 VAEs were
@@ -96,6 +100,67 @@ def test_a_conditional_prior_draws_each_class_from_its_own_codes() -> None:
     lonely = FittedPrior(2, classes=3)
     lonely.fit(codes[:4], None, torch.tensor([0, 0, 1, 2]))  # one code of classes 1 and 2: the pooled fit
     assert torch.equal(lonely.mean[1], lonely.mean[2]) and not torch.equal(lonely.mean[0], lonely.mean[1])
+
+
+def test_em_stops_at_its_deadline_with_the_mixture_it_has() -> None:
+    """A --max-time budget gives EM until a deadline: past it, each table's EM ends after its current
+    pass, which is what a one-pass EM fits, and still a mixture; without one, EM runs on and gains."""
+    labels = torch.arange(3000) % 2
+    codes = torch.tensor([[-4.0, 0], [4.0, 0]])[labels] + torch.randn(3000, 2, generator=torch.Generator().manual_seed(0))
+    late, one_pass, unlimited = (FittedPrior(2, classes=2, components=4) for _ in range(3))
+    late.fit(codes, None, labels, deadline=time.monotonic())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vae, "EM_ITERATIONS", 1)
+        one_pass.fit(codes, None, labels)
+    unlimited.fit(codes, None, labels)
+    assert all(torch.equal(getattr(late, b), getattr(one_pass, b)) for b in ("weights", "mean", "scale_tril"))
+    assert torch.allclose(late.weights.sum(1), torch.ones(2), atol=1e-6)
+    assert not torch.equal(late.mean, unlimited.mean)
+    gain = unlimited.distribution(labels).log_prob(codes).mean() - late.distribution(labels).log_prob(codes).mean()
+    assert gain > 0
+
+
+@pytest.mark.parametrize("kind", ["vae", "cvae"])
+def test_the_finish_reads_at_most_em_codes_images_of_each_table(bars_root: Path, tmp_path: Path, monkeypatch,  # noqa: F811
+                                                                kind: str) -> None:
+    """EM fits at most EM_CODES codes per table, so the passes that compute them read no more: 5 of
+    the 64 images for a VAE, 5 of each class's 16 for a CVAE (its prior is per class)."""
+    monkeypatch.setattr(elbo, "EM_CODES", 5)
+    seen: list[torch.Tensor] = []
+    moments = elbo.posterior_moments
+
+    def recording(model, batches):
+        batches = list(batches)
+        seen.extend(labels for _, labels in batches)
+        return moments(model, batches)
+    monkeypatch.setattr(elbo, "posterior_moments", recording)
+    training.train(flags(bars_root, kind, **{"train.steps": 2}), out=str(tmp_path / "r"))
+    counts = torch.bincount(torch.cat(seen), minlength=4)
+    if kind == "cvae":
+        assert counts.tolist() == [5] * 4
+    else:
+        assert counts.sum() == 5
+
+
+def test_a_budget_keeps_the_time_its_finish_needs(bars_root: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    """On the fake clock: a VAE whose finish needs half of a 2 s budget plans about half the steps of
+    one whose finish is free, and its EM is given a deadline inside the budget; a --steps run's has none."""
+    deadlines: list[float | None] = []
+    finish = elbo.ELBOObjective.finish
+    monkeypatch.setattr(elbo.ELBOObjective, "finish", lambda self, source, deadline=None: (
+        deadlines.append(deadline), finish(self, source, deadline))[1])
+    training.train(flags(bars_root, "vae", **{"train.steps": 2}), out=str(tmp_path / "steps"))
+    assert deadlines == [None]
+    first_plans = []
+    for seconds in (0.0, 1.0):
+        clock = FakeClock(0.001)
+        plans = budget_plans(monkeypatch, clock)
+        monkeypatch.setattr(elbo.ELBOObjective, "finish_seconds", lambda self, source, speed, budget, s=seconds: s)
+        started = clock.now
+        training.train(flags(bars_root, "vae"), out=str(tmp_path / f"r{seconds}"), max_time=2.0)
+        first_plans.append(plans[0])
+        assert deadlines[-1] == pytest.approx(started + 2.0 * (1 - training.SAVE_SHARE), abs=0.01)
+    assert 0.3 * first_plans[0] < first_plans[1] < 0.6 * first_plans[0]
 
 
 @pytest.mark.parametrize("kind", ["vae", "cvae"])

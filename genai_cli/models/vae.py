@@ -9,6 +9,7 @@ variance (the default: sharp images) or a Bernoulli on each pixel's intensity (t
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -87,16 +88,19 @@ class FittedPrior(nn.Module):
 
     @torch.no_grad()
     def fit(self, means: torch.Tensor, variances: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-            components: int | None = None, seed: int = 0) -> None:
+            components: int | None = None, seed: int = 0, deadline: float | None = None) -> None:
         """Fit each table (per class with `labels`) to the aggregate posterior, the mixture of the codes'
         Gaussians N(means, diag(variances)), with up to `components` of its mixture (all by default; the
-        rest get weight 0). A class with fewer than two codes keeps the pooled fit."""
+        rest get weight 0). A class with fewer than two codes takes the pooled fit. By `deadline`
+        (time.monotonic()), each table's EM sharing the time left equally, EM stops early."""
         k = self.weights.shape[1] if components is None else components
-        pooled = fit_mixture(means, variances, k, seed)
-        for table in range(len(self.weights)):
-            rows = labels == table if labels is not None and len(self.weights) > 1 else slice(None)
-            fit = fit_mixture(means[rows], None if variances is None else variances[rows], k, seed) \
-                if len(means[rows]) > 1 else pooled
+        tables = len(self.weights)
+        for table in range(tables):
+            rows = labels == table if labels is not None and tables > 1 else slice(None)
+            if len(means[rows]) < 2:  # too few codes of its own
+                rows = slice(None)
+            share = None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / (tables - table)
+            fit = fit_mixture(means[rows], None if variances is None else variances[rows], k, seed, share)
             self.weights[table] = 0
             for buffer, value in zip((self.weights, self.mean, self.scale_tril), fit):
                 buffer[table, :k] = value
@@ -133,13 +137,14 @@ EM_ITERATIONS, EM_TOLERANCE = 100, 1e-4  # EM stops when a pass gains less than 
 EM_CODES = 20_000  # codes a mixture is fitted to, drawn at random past that: EM's cost is codes x components x dim^2
 
 
-def fit_mixture(means: torch.Tensor, variances: torch.Tensor | None, k: int,
-                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fit_mixture(means: torch.Tensor, variances: torch.Tensor | None, k: int, seed: int = 0,
+                deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(weights, means, Cholesky factors) of k Gaussians fitted by EM to the codes, each code a Gaussian
     N(mean, diag(variance)): responsibilities from the means, and each component's covariance adds its
     codes' average variance (without it the prior is narrower than the codes, which sharpens samples
     but costs likelihood). k = 1 is moment matching. float64 on the CPU, seeded; a tiny ridge keeps
-    every factor positive."""
+    every factor positive. Past `deadline` (time.monotonic()) EM stops after its current pass: every
+    pass leaves a valid mixture, each better than the last."""
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randperm(len(means), generator=generator)[:EM_CODES] if len(means) > EM_CODES else slice(None)
     x = means.detach()[rows].double().cpu()
@@ -158,7 +163,7 @@ def fit_mixture(means: torch.Tensor, variances: torch.Tensor | None, k: int,
         covs = torch.stack([_scatter(x, centre, r) / m for centre, r, m in zip(centres, resp.T, safe)]) + ridge
         if v is not None:
             covs += torch.diag_embed((resp.T @ v) / safe[:, None])
-        if loglik - previous < EM_TOLERANCE:
+        if loglik - previous < EM_TOLERANCE or (deadline is not None and time.monotonic() >= deadline):
             break
         previous = loglik
     return weights, centres, torch.linalg.cholesky(covs)

@@ -98,8 +98,11 @@ class AdversarialObjective:
     def g_loss(self, d_fake: torch.Tensor) -> torch.Tensor:
         return -d_fake.mean() if self.loss == "hinge" else F.softplus(-d_fake).mean()
 
-    def finish(self, source: ImageSource) -> None:
+    def finish(self, source: ImageSource, deadline: float | None = None) -> None:
         """Nothing to do once training ends: the generator is what users sample."""
+
+    def finish_seconds(self, source: ImageSource, images_per_second: float, budget: float) -> float:
+        return 0.0
 
     def sampling_model(self, source: ImageSource) -> GenerativeModel:
         """The moving-average generator when there is one, with BatchNorm statistics of its own."""

@@ -59,8 +59,13 @@ class Objective(Protocol):
         what it is fed when sampling (a translating model's inputs)."""
         ...
 
-    def finish(self, source: ImageSource) -> None:
-        """Work once training ends, before the last checkpoint (the VAE fits its prior)."""
+    def finish(self, source: ImageSource, deadline: float | None) -> None:
+        """Work once training ends, before the last checkpoint (the VAE fits its prior), to be done by
+        `deadline` (time.monotonic()) where it can stop early."""
+        ...
+
+    def finish_seconds(self, source: ImageSource, images_per_second: float, budget: float) -> float:
+        """Seconds of a --max-time budget of `budget` seconds to keep for `finish`, at training's speed."""
         ...
 
     def sample_grid(self, source: ImageSource) -> SampleGrid:
