@@ -35,12 +35,14 @@ demo: data
 test: setup
 	$(BIN)/python -m pytest
 
-# Minutes of CPU: training and export throughput, genai vs the pytorch/examples loop, SIGKILL safety.
+# Minutes of CPU: training and export throughput, genai vs the pytorch/examples loop, SIGKILL safety,
+# whether a one-minute --max-time holds for the families with work after training (vae, cvae).
 bench: setup
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_throughput.py
 	$(BIN)/python benchmarks/bench_crash.py --kills 25 --json
+	$(BIN)/python benchmarks/bench_budget.py
 
 # Hours of CPU (minutes on a GPU): sample quality per family, DCGAN time to a fixed FID,
 # pix2pix against its U-Net on L1 alone (edges and masked Fashion-MNIST, equal CPU time), the

@@ -656,7 +656,7 @@ def plan_budget(session: Session, progress: console.StepProgress) -> None:
     if step != session.next_plan and not early:
         return
     rate = (step - session.budget_from) / max(timed, 1e-9)  # steps a second, of the kind running now
-    finish = session.objective.finish_seconds(session.source, rate * session.rank_batch_size, session.budget or 0.0)
+    finish = session.objective.plan_finish(session.source, rate * session.rank_batch_size, session.budget or 0.0)
     left = max(max(session.deadline - now, 0.0) * BUDGET_USE - finish, 0.0)
     cost = choose(type(session.model), train.gan_loss).warmup_cost
     if first and train.warmup:  # a length P whose first warmup*P steps cost `cost` of the others fills what is left

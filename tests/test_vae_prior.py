@@ -26,7 +26,7 @@ from genai_cli.errors import UsageError
 from genai_cli.evaluation import vae_metrics
 from genai_cli.models import vae
 from genai_cli.models.vae import FittedPrior, _pick_component
-from genai_cli.objectives import elbo
+from genai_cli.objectives import elbo, make_objective
 from genai_cli.objectives.elbo import discretized_gaussian_log_prob, reconstruct
 
 OLD_PRIOR_FLAGS = {"model.prior_components": 1, "model.likelihood": "bernoulli"}  # what schema-7 VAEs were
@@ -142,6 +142,24 @@ def test_the_finish_reads_at_most_em_codes_images_of_each_table(bars_root: Path,
         assert counts.sum() == 5
 
 
+def test_a_short_budget_reads_fewer_images_per_class_for_its_finish(bars_root: Path, monkeypatch) -> None:  # noqa: F811
+    """Under a plan the finish reads at most FINISH_SHARE of the budget's worth of images, spread over
+    the classes (never under FINISH_MIN_CODES each), and keeps the seconds that takes plus EM's share."""
+    monkeypatch.setattr(elbo, "FINISH_MIN_CODES", 2)
+    plan = training.plan_run(flags(bars_root, "cvae"), None)
+    objective = make_objective(training.build_model(plan, torch.device("cpu")), plan.config.train, torch.device("cpu"))
+    source = plan.source
+    assert len(objective.finish_rows(source)) == 64  # no plan: every image (16 a class, under EM_CODES)
+    monkeypatch.setattr(elbo, "FINISH_PASS_COST", 5.0)
+    speed, budget = 100.0, 10.0  # images/s and seconds: a tenth of the budget passes 100 / 5 = 20 images, 5 a class
+    seconds = objective.plan_finish(source, speed, budget)
+    labels = source.all_labels()[objective.finish_rows(source)]
+    assert torch.bincount(labels).tolist() == [5] * 4
+    assert seconds == pytest.approx(20 * 5.0 / speed + elbo.EM_SHARE * budget)
+    objective.plan_finish(source, speed, 0.1)  # a budget too short for 2 a class still reads 2 a class
+    assert torch.bincount(source.all_labels()[objective.finish_rows(source)]).tolist() == [2] * 4
+
+
 def test_a_budget_keeps_the_time_its_finish_needs(bars_root: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
     """On the fake clock: a VAE whose finish needs half of a 2 s budget plans about half the steps of
     one whose finish is free, and its EM is given a deadline inside the budget; a --steps run's has none."""
@@ -155,7 +173,7 @@ def test_a_budget_keeps_the_time_its_finish_needs(bars_root: Path, tmp_path: Pat
     for seconds in (0.0, 1.0):
         clock = FakeClock(0.001)
         plans = budget_plans(monkeypatch, clock)
-        monkeypatch.setattr(elbo.ELBOObjective, "finish_seconds", lambda self, source, speed, budget, s=seconds: s)
+        monkeypatch.setattr(elbo.ELBOObjective, "plan_finish", lambda self, source, speed, budget, s=seconds: s)
         started = clock.now
         training.train(flags(bars_root, "vae"), out=str(tmp_path / f"r{seconds}"), max_time=2.0)
         first_plans.append(plans[0])

@@ -101,7 +101,7 @@ class AdversarialObjective:
     def finish(self, source: ImageSource, deadline: float | None = None) -> None:
         """Nothing to do once training ends: the generator is what users sample."""
 
-    def finish_seconds(self, source: ImageSource, images_per_second: float, budget: float) -> float:
+    def plan_finish(self, source: ImageSource, images_per_second: float, budget: float) -> float:
         return 0.0
 
     def sampling_model(self, source: ImageSource) -> GenerativeModel:

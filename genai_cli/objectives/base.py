@@ -64,8 +64,9 @@ class Objective(Protocol):
         `deadline` (time.monotonic()) where it can stop early."""
         ...
 
-    def finish_seconds(self, source: ImageSource, images_per_second: float, budget: float) -> float:
-        """Seconds of a --max-time budget of `budget` seconds to keep for `finish`, at training's speed."""
+    def plan_finish(self, source: ImageSource, images_per_second: float, budget: float) -> float:
+        """Fit `finish` into a --max-time budget of `budget` seconds, at training's speed; the seconds
+        the plan keeps for it."""
         ...
 
     def sample_grid(self, source: ImageSource) -> SampleGrid:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 FINISH_PASS_COST = 0.5
 # EM's full 100 passes over 20,000 codes took 55 s on one thread here, 1.5% of an hour; a shorter budget cuts them short.
 EM_SHARE = 0.02
+# The passes read at most FINISH_SHARE of a budget's worth of images: the cvae's 60,000 took a quarter of
+# a one-minute budget. Never fewer than FINISH_MIN_CODES per table, so EM has codes for every component.
+FINISH_SHARE, FINISH_MIN_CODES = 0.1, 1_000
 
 
 class ELBOTerms(nn.Module):
@@ -68,6 +71,7 @@ class ELBOObjective:
         self.base_lrs = {"model": train.lr}
         self.optimizers = {"model": adam(model.parameters(), train.lr, (train.beta1, train.beta2), device)}
         self.ema = None
+        self.finish_images: int | None = None  # a --max-time plan's cap on the images `finish` reads
 
     def sampling_model(self, source: ImageSource) -> GenerativeModel:
         return self.model
@@ -94,19 +98,24 @@ class ELBOObjective:
 
     def finish_rows(self, source: ImageSource) -> torch.Tensor:
         """The training images `finish` reads, in dataset order: up to EM_CODES drawn at random (seeded)
-        from each of the prior's tables (each class for a CVAE), the codes its EM can use; a variance
-        fitted to 20,000 images is as good as one fitted to all."""
+        from each of the prior's tables (each class for a CVAE), the codes its EM can use (a variance
+        fitted to 20,000 images is as good as one fitted to all), fewer under a short budget's plan."""
         order = torch.randperm(len(source), generator=torch.Generator().manual_seed(self.seed))
         labels = source.all_labels() if self.model.conditional else None
+        classes = [] if labels is None else labels.unique()
+        per_table = EM_CODES if self.finish_images is None else \
+            min(EM_CODES, max(self.finish_images // max(len(classes), 1), FINISH_MIN_CODES))
         if labels is None:
-            return order[:EM_CODES].sort().values
-        return torch.cat([order[labels[order] == c][:EM_CODES] for c in labels.unique()]).sort().values
+            return order[:per_table].sort().values
+        return torch.cat([order[labels[order] == c][:per_table] for c in classes]).sort().values
 
-    def finish_seconds(self, source: ImageSource, images_per_second: float, budget: float) -> float:
-        """What `finish`'s passes over its images take at training's speed, and EM_SHARE of the budget
-        for the prior's EM, which stops at its deadline."""
+    def plan_finish(self, source: ImageSource, images_per_second: float, budget: float) -> float:
+        """Fit `finish` into a --max-time budget: its passes read at most what FINISH_SHARE of the
+        budget passes at training's speed, and EM gets EM_SHARE of it (stopping at its deadline).
+        The seconds to keep for both."""
         if not self.fits_anything:
             return 0.0
+        self.finish_images = int(FINISH_SHARE * budget * images_per_second / FINISH_PASS_COST)
         em = EM_SHARE * budget if self.model.decoder.prior is not None else 0.0
         return len(self.finish_rows(source)) * FINISH_PASS_COST / images_per_second + em
 
