@@ -94,6 +94,7 @@ class ELBOObjective:
 
     @property
     def fits_anything(self) -> bool:
+        """Whether training's end has anything to fit: a prior, or a Gaussian decoder's variance."""
         return self.model.decoder.prior is not None or self.model.config.likelihood == "gaussian"
 
     def finish_rows(self, source: ImageSource) -> torch.Tensor:
