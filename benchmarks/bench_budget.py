@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-
-def genai(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "genai_cli", *args, "--json", "-q"], stdout=subprocess.PIPE, check=True)
-    return json.loads(proc.stdout)
+from genai_json import genai
 
 
 def main() -> None:

@@ -16,11 +16,10 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from genai_json import genai
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import training
@@ -28,11 +27,6 @@ from genai_cli.models import MODELS
 from genai_cli.objectives import make_objective
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-def genai(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "genai_cli", *args, "--json", "-q"], stdout=subprocess.PIPE, check=True)
-    return json.loads(proc.stdout)
 
 
 def last_model(run: Path) -> Path:

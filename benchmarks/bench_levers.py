@@ -16,19 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from genai_json import genai
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_BATCH = 128
-
-
-def genai(*args: str) -> dict:
-    """One `genai` command with --json; its result (stderr passes through for the log)."""
-    proc = subprocess.run([sys.executable, "-m", "genai_cli", *args, "--json", "-q"], stdout=subprocess.PIPE, check=True)
-    return json.loads(proc.stdout)
 
 
 def run_variant(name: str, flags: str, args: argparse.Namespace) -> dict:

@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from genai_json import genai
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import evaluation, metrics
 from genai_cli.data import load_dataset
 from genai_cli.objectives.elbo import reconstruct
-
-
-def genai(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "genai_cli", *args, "--json", "-q"], stdout=subprocess.PIPE, check=True)
-    return json.loads(proc.stdout)
 
 
 def reconstruction_fid(run: Path, n: int) -> float:
