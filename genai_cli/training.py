@@ -261,8 +261,7 @@ class Session:
     step: int = 0
     saved_step: int | None = None  # the newest checkpoint on disk
     deadline: float | None = None  # time.monotonic() at which --max-time ends the run
-    budget: float | None = None  # the seconds of a --max-time budget
-    finish_by: float | None = None  # time.monotonic() by which the objective's finish ends, leaving time for the last save
+    budget: float | None = None  # the seconds of --max-time
     out_of_time: bool = False
     budgeted: bool = False  # --max-time alone: the length is planned (and revised) from the steps' speed
     budget_timer: float = 0.0  # time.monotonic() at step budget_from
@@ -348,6 +347,10 @@ class Session:
             keep = (f"the checkpoint of step {self.saved_step} in {self.run_dir} is the last good one and unchanged; "
                     f"continue it with a lower learning rate: genai train --resume {self.run_dir} --lr {lr / 2:g}")
         return TrainingDiverged(f"training diverged at step {self.step}: {what}; {keep}")
+
+    def finish_by(self) -> float | None:
+        """time.monotonic() by which the objective's finish ends, leaving time for the last save."""
+        return None if self.deadline is None or self.budget is None else self.deadline - SAVE_SHARE * self.budget
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -525,8 +528,7 @@ def train(flags: dict[str, Any], out: str | None = None, resume: str | None = No
             plan = plan_run(flags, resume, world, budget)
             session = start_session(plan, out, resume, force, holds)
             session.deadline, session.budgeted = deadline, budgeted
-            if deadline is not None and max_time is not None:
-                session.budget, session.finish_by = max_time, deadline - SAVE_SHARE * max_time
+            session.budget = max_time
             start_judging(session, plan)
             if not budgeted and session.config.train.warmup_steps is None:  # a new run: its length is known
                 session.config.train.warmup_steps = int(session.config.train.warmup * session.total_steps)
@@ -561,7 +563,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
             write_summaries(session)
         raise
     seconds = time.perf_counter() - started
-    session.objective.finish(session.source, session.finish_by)
+    session.objective.finish(session.source, session.finish_by())
     model_path = session.save(ends_run=True)
     if main:
         write_sample_grid(session, grid)
