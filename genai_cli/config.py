@@ -17,8 +17,8 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 8  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
-# 8: model.likelihood and model.prior_components.
+SCHEMA_VERSION = 9  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
+# 8: model.likelihood and model.prior_components; 9: train.augment.
 # Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
@@ -68,6 +68,7 @@ class TrainConfig:
     beta2: float = 0.999
     gan_loss: str = "bce"  # picks the adversarial objective: "bce" (non-saturating), "hinge", ... (genai_cli.objectives)
     ema: float | None = None  # decay of the generator's moving average; 0 = off; family default
+    augment: str | None = None  # what D sees is augmented: "none" or DiffAugment's transforms (genai_cli.augment); family default
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
@@ -119,6 +120,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     7: (("train", "keep", "last"),),
     8: (("model", "prior_components", lambda raw: 1 if raw["model"].get("prior") == "fitted" else None),
         ("model", "likelihood", lambda raw: "bernoulli" if raw["model"].get("kind") in ("vae", "cvae") else None)),
+    9: (("train", "augment", "none"),),
 }
 
 

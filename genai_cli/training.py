@@ -30,6 +30,7 @@ import torch
 from genai_cli import __version__, console, distributed, pairs, plots, report, resources, rundir, selection, tboard
 from genai_cli import checkpoint as ckpt
 from genai_cli import images as imgs
+from genai_cli.augment import POLICIES
 from genai_cli.config import Config, ModelConfig, validate_model, validate_train
 from genai_cli.data import ImageSource, load_dataset
 from genai_cli.distributed import SINGLE_PROCESS, World
@@ -129,6 +130,12 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     train.beta1 = (spec.beta1 if objective.beta1 is None else objective.beta1) if train.beta1 is None else train.beta1
     train.beta2 = train.beta2 if objective.beta2 is None else objective.beta2
     train.ema = spec.ema if train.ema is None else train.ema
+    train.augment = spec.augment if train.augment is None else train.augment
+    if train.augment not in POLICIES:
+        raise UsageError(f"--augment must be one of {', '.join(POLICIES)}, got {train.augment!r}")
+    if train.augment != "none" and not objective.augments:
+        raise UsageError(f"--augment transforms what a GAN's discriminator sees of images drawn from noise; "
+                         f"{objective.description} has no such discriminator: drop --augment")
     if train.warmup and objective.warmup is None:
         raise UsageError(f"--warmup applies to objectives with a warm-up (pix2pix's L1 phase); {objective.description} "
                          "has none: drop --warmup")

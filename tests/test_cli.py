@@ -390,7 +390,7 @@ def test_choices_are_case_and_underscore_blind(idx_root: Path):
 
 def registry_names() -> dict[str, set[str]]:
     """What each tuple of genai_cli.choices mirrors, read from the registries themselves."""
-    from genai_cli import data, evaluation, export, pairs, runtime, selection
+    from genai_cli import augment, data, evaluation, export, pairs, runtime, selection
     from genai_cli.models import MODELS, blocks, vae
     from genai_cli.objectives import gan_losses
 
@@ -404,7 +404,7 @@ def registry_names() -> dict[str, set[str]]:
         "FEATURES": {name for name in choices.FEATURES if repr(name) in str(features.value)},
         "METRICS": set(evaluation.METRICS),
         "EXPORT_FORMATS": set(export.FORMATS), "DTYPES": set(export.DTYPES), "DEVICES": set(runtime.DEVICE_CHOICES),
-        "KEEPS": set(selection.KEEPS), "LIKELIHOODS": set(vae.LIKELIHOODS),
+        "KEEPS": set(selection.KEEPS), "LIKELIHOODS": set(vae.LIKELIHOODS), "AUGMENTS": set(augment.POLICIES),
     }
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from genai_cli.augment import augment
 from genai_cli.distributed import global_slice, wrap
 from genai_cli.models import AdversarialModel, GenerativeModel
 from genai_cli.objectives.base import (
@@ -42,6 +43,7 @@ class AdversarialObjective:
         assert train.lr is not None and train.beta1 is not None
         betas = (train.beta1, train.beta2)
         self.model, self.device, self.loss, self.world = model, device, train.gan_loss, world
+        self.policy = train.augment or "none"
         self.ema = EMA(model.generator, train.ema) if train.ema else None
         # Under DDP, G and D's own update go through the wrappers that average gradients;
         # G's loss goes through the bare D, whose gradients nobody needs.
@@ -55,7 +57,8 @@ class AdversarialObjective:
         z = self.noise(real.shape[0], real.device)
         with autocast(self.device):
             fake = self.generator(z, labels)
-            d_real, d_fake = self.discriminator(real, labels), self.discriminator(fake.detach(), labels)
+            d_real = self.discriminator(self.augment(real), labels)
+            d_fake = self.discriminator(self.augment(fake.detach()), labels)
         loss_d = self.d_loss(d_real.float(), d_fake.float())
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -68,6 +71,10 @@ class AdversarialObjective:
             "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
         }
 
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """What D sees of `images`: --augment's transforms, a fresh draw per call (none: the images themselves)."""
+        return augment(images, self.policy)
+
     def noise(self, n: int, device: torch.device) -> torch.Tensor:
         """This rank's slice of one global draw, so every rank's stream stays alike."""
         return global_slice(torch.randn(n * self.world.size, self.model.latent_dim, device=device), self.world)
@@ -79,7 +86,7 @@ class AdversarialObjective:
         d, opt_g = self.model.discriminator, self.optimizers["generator"]
         d.requires_grad_(False)
         with autocast(self.device):
-            d_fake = d(fake, labels).float()
+            d_fake = d(self.augment(fake), labels).float()
         loss_g = self.g_loss(d_fake) if extra is None else self.g_loss(d_fake) + extra
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -126,5 +133,6 @@ class AdversarialObjective:
         return {}
 
 
-BCE = ObjectiveSpec("gan-bce", AdversarialModel, "bce", "bce (non-saturating)", AdversarialObjective, judged=True)
-HINGE = ObjectiveSpec("gan-hinge", AdversarialModel, "hinge", "hinge", AdversarialObjective, judged=True)
+BCE = ObjectiveSpec("gan-bce", AdversarialModel, "bce", "bce (non-saturating)", AdversarialObjective, judged=True,
+                    augments=True)
+HINGE = ObjectiveSpec("gan-hinge", AdversarialModel, "hinge", "hinge", AdversarialObjective, judged=True, augments=True)

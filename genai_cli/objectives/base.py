@@ -100,6 +100,9 @@ class ObjectiveSpec:
     # from noise, whose quality may fall late. Not a VAE, whose likelihood rises to the end and whose
     # fitted prior exists only then, nor pix2pix, whose translations have no class-based judge.
     judged: bool = False
+    # It feeds its discriminator through `--augment` (genai_cli.augment); not pix2pix, whose D judges aligned
+    # pairs that one image's transform would misalign, nor a VAE, which has no D.
+    augments: bool = False
 
     @property
     def loss_keys(self) -> tuple[str, ...]:

@@ -69,7 +69,7 @@ class WGANGPObjective(AdversarialObjective):
             with torch.no_grad(), autocast(self.device):  # the bare G: no gradients to average
                 fake = self.model.generator(z, labels)
             with autocast(self.device):
-                distance, penalty = self.critic_loss(real, fake.to(real.dtype), labels, alpha)
+                distance, penalty = self.critic_loss(self.augment(real), self.augment(fake.to(real.dtype)), labels, alpha)
             loss_d = distance + GP_WEIGHT * penalty
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -86,4 +86,4 @@ class WGANGPObjective(AdversarialObjective):
 
 
 SPEC = ObjectiveSpec("wgan-gp", AdversarialModel, "wgan-gp", "wgan-gp (Wasserstein with gradient penalty)",
-                     WGANGPObjective, lr=1e-4, beta1=0.0, beta2=0.9, judged=True)
+                     WGANGPObjective, lr=1e-4, beta1=0.0, beta2=0.9, judged=True, augments=True)
