@@ -21,15 +21,16 @@ from pathlib import Path
 
 from genai_json import genai
 
+from genai_cli.models import MODELS
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-DEFAULT_BATCH = 128
 
 
 def run_variant(name: str, flags: str, args: argparse.Namespace) -> dict:
     run = args.out / f"{args.model}-{name}"
     flag_list = shlex.split(flags)
     if args.images:
-        batch = int(flag_list[flag_list.index("--batch-size") + 1]) if "--batch-size" in flag_list else DEFAULT_BATCH
+        batch = int(flag_list[flag_list.index("--batch-size") + 1]) if "--batch-size" in flag_list else MODELS.get(args.model).batch_size
         length = ["--steps", str(args.images // batch)]
     else:
         length = ["--max-time", args.budget]
