@@ -68,7 +68,7 @@ class TrainConfig:
     beta2: float = 0.999
     gan_loss: str = "bce"  # picks the adversarial objective: "bce" (non-saturating), "hinge", ... (genai_cli.objectives)
     ema: float | None = None  # decay of the generator's moving average; 0 = off; family default
-    augment: str | None = None  # what D sees is augmented: "none" or DiffAugment's transforms (genai_cli.augment); family default
+    augment: str = "none"  # DiffAugment's transforms of what a GAN's discriminator sees (genai_cli.augment)
     seed: int = 0
     device: str = "auto"
     log_every: int = 50

@@ -130,7 +130,6 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     train.beta1 = (spec.beta1 if objective.beta1 is None else objective.beta1) if train.beta1 is None else train.beta1
     train.beta2 = train.beta2 if objective.beta2 is None else objective.beta2
     train.ema = spec.ema if train.ema is None else train.ema
-    train.augment = spec.augment if train.augment is None else train.augment
     if train.augment not in POLICIES:
         raise UsageError(f"--augment must be one of {', '.join(POLICIES)}, got {train.augment!r}")
     if train.augment != "none" and not objective.augments:

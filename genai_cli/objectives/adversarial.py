@@ -43,7 +43,7 @@ class AdversarialObjective:
         assert train.lr is not None and train.beta1 is not None
         betas = (train.beta1, train.beta2)
         self.model, self.device, self.loss, self.world = model, device, train.gan_loss, world
-        self.policy = train.augment or "none"
+        self.policy = train.augment
         self.ema = EMA(model.generator, train.ema) if train.ema else None
         # Under DDP, G and D's own update go through the wrappers that average gradients;
         # G's loss goes through the bare D, whose gradients nobody needs.
