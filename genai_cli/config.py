@@ -17,8 +17,8 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 9  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
-# 8: model.likelihood and model.prior_components; 9: train.augment.
+SCHEMA_VERSION = 10  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
+# 8: model.likelihood and model.prior_components; 9: train.augment; 10: train.r1.
 # Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
@@ -69,6 +69,7 @@ class TrainConfig:
     gan_loss: str = "bce"  # picks the adversarial objective: "bce" (non-saturating), "hinge", ... (genai_cli.objectives)
     ema: float | None = None  # decay of the generator's moving average; 0 = off; family default
     augment: str = "none"  # DiffAugment's transforms of what a GAN's discriminator sees (genai_cli.augment)
+    r1: float = 0.0  # weight (gamma) of the R1 penalty on D's gradient at real images; 0 = off
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
@@ -121,6 +122,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     8: (("model", "prior_components", lambda raw: 1 if raw["model"].get("prior") == "fitted" else None),
         ("model", "likelihood", lambda raw: "bernoulli" if raw["model"].get("kind") in ("vae", "cvae") else None)),
     9: (("train", "augment", "none"),),
+    10: (("train", "r1", 0.0),),
 }
 
 
@@ -218,6 +220,7 @@ BOUNDS: dict[str, Bound] = {
     "--warmup": Bound(0, 1, high_open=True),  # a fraction of the run; all of it would leave no step for the objective itself
     "--beta1": DECAY,
     "--ema": DECAY,
+    "--r1": Bound(0, 1e4),  # published gammas run from 0.01 (CIFAR-10) to 100 (1024-px faces)
     "--seed": Bound(*SEED_RANGE),
     "--log-every": COUNT,
     "--sample-every": COUNT,
@@ -262,7 +265,7 @@ def validate_model(model: ModelConfig, latent: bool = True) -> None:
 def validate_train(train: TrainConfig) -> None:
     """Reject flag values that cannot work, with the valid range in the message."""
     for flag in ("--batch-size", "--log-every", "--sample-every", "--save-every", "--lr", "--lr-d", "--lr-decay-start",
-                 "--warmup", "--beta1", "--ema", "--seed"):
+                 "--warmup", "--beta1", "--ema", "--r1", "--seed"):
         check_range(flag, getattr(train, flag[2:].replace("-", "_")))
     check_range("--steps", train.steps) if train.steps is not None else check_range("--epochs", train.epochs)
 

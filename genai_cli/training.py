@@ -135,6 +135,9 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     if train.augment != "none" and not objective.augments:
         raise UsageError(f"--augment transforms what a GAN's discriminator sees of images drawn from noise; "
                          f"{objective.description} has no such discriminator: drop --augment")
+    if train.r1 and not objective.penalises_real:
+        raise UsageError(f"--r1 penalises a bce or hinge discriminator's gradient at real images; {objective.description} "
+                         "has no such discriminator: drop --r1")
     if train.warmup and objective.warmup is None:
         raise UsageError(f"--warmup applies to objectives with a warm-up (pix2pix's L1 phase); {objective.description} "
                          "has none: drop --warmup")
@@ -606,6 +609,7 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
                                lr_factor(session.step, session.total_steps, cfg.lr_decay_start))
             warming = session.step < session.warmup_steps  # only objectives with a warmup_step have warm-up steps
             update = session.objective.warmup_step if warming else session.objective.step  # type: ignore[attr-defined]
+            session.objective.steps = session.step
             losses = update(prepare_batch(images), prepare_condition(labels))
             for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()

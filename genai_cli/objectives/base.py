@@ -51,6 +51,7 @@ class Objective(Protocol):
     ema: EMA | None  # the moving average users sample, checkpointed with the run
     loss_keys: tuple[str, ...]  # the losses loss.svg and the report plot, in this order
     health: Health | None  # the loss that says training has stopped learning, if there is one
+    steps: int  # the run's step, set by the loop before each update (for a step that varies with it)
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses: ...
 
@@ -103,6 +104,9 @@ class ObjectiveSpec:
     # It feeds its discriminator through `--augment` (genai_cli.augment); not pix2pix, whose D judges aligned
     # pairs that one image's transform would misalign, nor a VAE, which has no D.
     augments: bool = False
+    # Its D step takes `--r1`: a logit-loss D, whose gradient at real images nothing else bounds (WGAN-GP has a
+    # penalty of its own; pix2pix's D judges pairs).
+    penalises_real: bool = False
 
     @property
     def loss_keys(self) -> tuple[str, ...]:

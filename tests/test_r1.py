@@ -1,0 +1,103 @@
+"""--r1: the penalty on D's gradient at real images, its lazy cadence, and how a run stores and resumes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixture)
+from torch import nn
+
+from genai_cli import checkpoint as ckpt
+from genai_cli import training
+from genai_cli.config import Config
+from genai_cli.errors import UsageError
+from genai_cli.objectives import make_objective
+from genai_cli.objectives.adversarial import R1_INTERVAL, DiscriminatorPass
+
+
+class LinearD(nn.Module):
+    """logit = w . x + b + (x . x) / 2: its gradient at x is w + x, so R1 is known in closed form."""
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(pixels))
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        x = images.flatten(1)
+        return x @ self.w + 0.5 * x.pow(2).sum(1)
+
+
+def test_r1_is_the_mean_squared_gradient_norm_of_d_at_the_real_images_only() -> None:
+    torch.manual_seed(0)
+    d = LinearD(16)
+    real, fake = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4)
+    d_real, d_fake, r1 = DiscriminatorPass(d)(real, fake, None, penalise=True)
+    expected = (d.w + real.flatten(1)).pow(2).sum(1).mean()
+    assert torch.allclose(r1, expected)
+    assert torch.allclose(d_real, d(real, None)) and torch.allclose(d_fake, d(fake, None))
+    (grad,) = torch.autograd.grad(r1, d.w)  # D's weights learn from it: d/dw mean |w + x|^2 = 2 mean (w + x)
+    assert torch.allclose(grad, 2 * (d.w + real.flatten(1)).mean(0))
+    assert DiscriminatorPass(d)(real, fake, None, penalise=False)[2] is None
+
+
+def objective_losses(bars_root: Path, r1: float, step: int) -> dict[str, float]:  # noqa: F811
+    """loss_d of one step of a fresh dcgan objective with --r1 `r1`, taken as the run's step `step`."""
+    plan = training.plan_run(flags(bars_root, "dcgan", **{"train.r1": r1}), None)
+    torch.manual_seed(0)
+    model = training.build_model(plan, torch.device("cpu"))
+    objective = make_objective(model, plan.config.train, torch.device("cpu"))
+    objective.steps = step
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    return {k: v.item() for k, v in objective.step(real, None).items()}
+
+
+def test_the_penalty_applies_every_16th_step_only(bars_root: Path) -> None:  # noqa: F811
+    off = objective_losses(bars_root, 0.0, 0)
+    on = objective_losses(bars_root, 10.0, 0)
+    between = objective_losses(bars_root, 10.0, R1_INTERVAL - 1)
+    assert on["loss_d"] > off["loss_d"] + 1e-3  # the penalty, weighted 16 times, adds to D's loss
+    assert on["d_real"] == off["d_real"]  # the same D pass, with the gradient kept
+    assert between == off  # between R1 steps the step is exactly the plain one
+
+
+def test_a_run_with_r1_trains_otherwise_stores_it_and_resumes_bit_for_bit(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    """18 steps hold two R1 steps (0 and 16); the resumed half holds the second, so the cadence survives resume."""
+    given = flags(bars_root, "dcgan", **{"train.r1": 1.0})
+    straight = training.train({**given, "train.steps": 18}, out=str(tmp_path / "straight"))
+    first = training.train({**given, "train.steps": 10}, out=str(tmp_path / "split"))
+    resumed = training.train({"train.steps": 18}, resume=first.run_dir)
+    plain = training.train(flags(bars_root, "dcgan", **{"train.steps": 18}), out=str(tmp_path / "plain"))
+    a, b, c = (load_file(Path(run.run_dir) / ckpt.STATE_FILE) for run in (straight, resumed, plain))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("model."))
+    stored = json.loads((Path(resumed.run_dir) / ckpt.CONFIG_FILE).read_text())["train"]
+    assert stored["r1"] == 1.0
+    assert json.loads((Path(plain.run_dir) / ckpt.CONFIG_FILE).read_text())["train"]["r1"] == 0.0
+
+
+@pytest.mark.parametrize("kind", ["gan", "cgan"])
+def test_hinge_takes_r1_too(bars_root: Path, kind: str) -> None:  # noqa: F811
+    config = training.resolve(flags(bars_root, kind, **{"train.r1": 0.5, "train.gan_loss": "hinge"}))
+    assert config.train.r1 == 0.5
+
+
+@pytest.mark.parametrize(("kind", "extra"), [("vae", {}), ("cvae", {}), ("pix2pix", {}),
+                                              ("dcgan", {"train.gan_loss": "wgan-gp", "model.norm": "group"})])
+def test_r1_is_refused_where_no_logit_discriminator_judges_images_from_noise(bars_root: Path, kind: str, extra: dict) -> None:  # noqa: F811
+    with pytest.raises(UsageError, match="drop --r1"):
+        training.resolve(flags(bars_root, kind, **{"train.r1": 1.0, **extra}))
+
+
+def test_a_negative_gamma_is_refused_with_its_range(bars_root: Path) -> None:  # noqa: F811
+    with pytest.raises(UsageError, match="--r1"):
+        training.resolve(flags(bars_root, "dcgan", **{"train.r1": -1.0}))
+
+
+def test_configs_from_before_schema_10_load_without_r1() -> None:
+    raw = Config().to_dict()
+    del raw["train"]["r1"]
+    assert Config.from_dict({**raw, "schema": 9}).train.r1 == 0.0
