@@ -19,9 +19,10 @@ import json
 import os
 import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -229,6 +230,11 @@ class SmallCNN(nn.Module):
 
 
 CLASSIFIER_EPOCHS = 3
+# CPU kernels split their sums by thread, so the judge trained in one thread is another network than
+# the one trained in two (sha256 9d2af70b... against e23dc748... on Fashion-MNIST, a few percent apart
+# in FID). Training always in two makes it one network on every CPU machine with the same torch and
+# instruction set, and the one benchmarks/RESULTS.md's classifier rows were scored with.
+CLASSIFIER_THREADS = 2
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:
@@ -243,26 +249,37 @@ def classifier_path(dataset: str, channels: int, size: int, data_fingerprint: st
     return cache_dir() / "classifiers" / f"{Path(dataset).name}-{channels}x{size}-{data_fingerprint}.safetensors"
 
 
+@contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: torch.device,
                      epochs: int = CLASSIFIER_EPOCHS, seed: int = 0) -> SmallCNN:
-    """Adam, batch 128, a fixed seed: the same data always gives the same judge."""
+    """Adam, batch 128, a fixed seed and CLASSIFIER_THREADS: the same data always gives the same judge."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = SmallCNN(images.shape[1], num_classes).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     batch = min(128, len(images))
     net.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for start in range(0, len(images) - batch + 1, batch):
-            index = order[start : start + batch]
-            x = imgs.from_uint8(images[index].to(device))
-            _, logits = net(x)
-            loss = F.cross_entropy(logits, labels[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        console.info(f"classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}")
+    with cpu_threads(CLASSIFIER_THREADS):
+        for epoch in range(epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(images) - batch + 1, batch):
+                index = order[start : start + batch]
+                x = imgs.from_uint8(images[index].to(device))
+                _, logits = net(x)
+                loss = F.cross_entropy(logits, labels[index].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            console.info(f"classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}")
     return net.eval()
 
 
