@@ -55,7 +55,7 @@ class Extractor:
 
     name: str
     weights: str  # path of the weights file
-    weights_sha256: str
+    weights_sha256: str  # the network's identity: of the weights file, or for genai's classifier of its tensors
     protocol: str  # how images are prepared, printed with every result
     _features: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
     device: torch.device
@@ -231,18 +231,23 @@ class SmallCNN(nn.Module):
 
 CLASSIFIER_EPOCHS = 3
 # CPU kernels split their sums by thread, so the judge trained in one thread is another network than
-# the one trained in two (sha256 9d2af70b... against e23dc748... on Fashion-MNIST, a few percent apart
+# the one trained in two (tensors' sha256 c4483915... against 225d48d0... on Fashion-MNIST, a few percent apart
 # in FID). Training always in two makes it one network on every CPU machine with the same torch and
 # instruction set, and the one benchmarks/RESULTS.md's classifier rows were scored with.
 CLASSIFIER_THREADS = 2
 
 
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """sha256 of the tensors' bytes: caches follow the data, not just its name."""
+def tensors_sha256(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' bytes, in order."""
     digest = hashlib.sha256()
     for tensor in tensors:
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
+        digest.update(tensor.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """Caches follow the data, not just its name."""
+    return tensors_sha256(*tensors)[:12]
 
 
 def classifier_path(dataset: str, channels: int, size: int, data_fingerprint: str) -> Path:
@@ -317,7 +322,10 @@ def load_classifier(dataset: str, device: torch.device, num_classes: int,
         atomic_write(path, save_tensors(weights, metadata={"format": "pt", "genai.classifier": json.dumps(info)}))
         console.info(f"classifier test accuracy {info['test_accuracy']:.4f}")
     net = net.to(device).eval()
-    extractor = Extractor("classifier", str(path), file_sha256(path),
+    # Of the tensors, not the file: safetensors writes metadata keys in an order that varies by process,
+    # so one network saved twice gets two file hashes.
+    state = net.state_dict()
+    extractor = Extractor("classifier", str(path), tensors_sha256(*(state[name] for name in sorted(state))),
                           "genai SmallCNN penultimate layer at the dataset's own size, x/127.5 - 1",
                           lambda x: net(imgs.from_uint8(x)), device)
     return extractor, info

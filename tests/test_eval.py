@@ -345,6 +345,8 @@ def test_a_damaged_classifier_cache_is_retrained_with_one_warning(eval_runs: dic
         line for line in again.stderr.splitlines() if line.startswith("warning: ignoring")]
     assert "training it again" in again.stderr
     assert json.loads(again.stdout)["metrics"]["fid"] == pytest.approx(json.loads(first.stdout)["metrics"]["fid"])
+    # the same network, so the same identity, though its file is written anew (safetensors orders metadata at random)
+    assert json.loads(again.stdout)["protocol"]["weights_sha256"] == json.loads(first.stdout)["protocol"]["weights_sha256"]
     evaluation.load_judge.cache_clear()
     third = run_cli_all(*args)  # rewritten whole: read back without a warning
     assert third.exit_code == 0 and "damaged" not in third.stderr
