@@ -64,6 +64,16 @@ def test_two_processes_train_the_same_vae_as_one_and_resume_across_counts(tmp_pa
     assert_same_weights(tmp_path / "one", tmp_path / "two")
 
 
+def test_two_processes_train_the_same_dcgan_with_r1_as_one(tmp_path: Path) -> None:
+    """R1's double backward goes through DDP (DiscriminatorPass): step 0 penalises, step 1 does not."""
+    make_idx_dataset(tmp_path / "data", n_train=256)
+    args = ["--model", "dcgan", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--norm", "none",
+            "--width", "8", "--batch-size", "32", "--steps", "2", "--r1", "10", "--ema", "0", "--sample-every", "100"]
+    genai_train(*args, "--out", str(tmp_path / "one"))
+    genai_train(*args, "--out", str(tmp_path / "two"), "--nproc-per-node", "2")
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+
+
 def test_global_slice_gives_each_rank_its_rows_of_the_global_draw() -> None:
     noise = torch.arange(8.0).reshape(8, 1)
     halves = [distributed.global_slice(noise, World(rank, rank, 2)) for rank in (0, 1)]
