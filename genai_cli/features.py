@@ -231,9 +231,9 @@ class SmallCNN(nn.Module):
 
 CLASSIFIER_EPOCHS = 3
 # CPU kernels split their sums by thread, so the judge trained in one thread is another network than
-# the one trained in two (tensors' sha256 c4483915... against 225d48d0... on Fashion-MNIST, a few percent apart
-# in FID). Training always in two makes it one network on every CPU machine with the same torch and
-# instruction set, and the one benchmarks/RESULTS.md's classifier rows were scored with.
+# the one trained in two (tensors' sha256 c4483915... against 225d48d0... on Fashion-MNIST, a few percent
+# apart in FID). Training always on the CPU in two makes it one network on every machine with the same
+# torch and instruction set, and the one benchmarks/RESULTS.md's classifier rows were scored with.
 CLASSIFIER_THREADS = 2
 
 
@@ -251,11 +251,14 @@ def fingerprint(*tensors: torch.Tensor) -> str:
 
 
 def classifier_path(dataset: str, channels: int, size: int, data_fingerprint: str) -> Path:
-    return cache_dir() / "classifiers" / f"{Path(dataset).name}-{channels}x{size}-{data_fingerprint}.safetensors"
+    """Named for the recipe too: a judge cached before training was pinned to the CPU's threads is not reused."""
+    name = f"{Path(dataset).name}-{channels}x{size}-{data_fingerprint}-cpu{CLASSIFIER_THREADS}threads"
+    return cache_dir() / "classifiers" / f"{name}.safetensors"
 
 
 @contextmanager
 def cpu_threads(count: int) -> Iterator[None]:
+    """torch's CPU thread count set to `count` inside the block, the caller's again after it."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -314,7 +317,8 @@ def load_classifier(dataset: str, device: torch.device, num_classes: int,
         net, info = cached
     else:
         console.info(f"training the {dataset} classifier once ({CLASSIFIER_EPOCHS} epochs); cached at {path}")
-        net = train_classifier(train_x, train_y, num_classes, device).cpu()
+        # On the CPU whatever the device: another device's kernels would train another judge.
+        net = train_classifier(train_x, train_y, num_classes, torch.device("cpu"))
         accuracy = per_class_accuracy(net, test_x, test_y, num_classes, torch.device("cpu"))
         info = {"dataset": dataset, "test_accuracy": float((sum(accuracy) / num_classes)),
                 "per_class_accuracy": accuracy, "epochs": CLASSIFIER_EPOCHS, "train_images": len(train_x)}

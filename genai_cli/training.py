@@ -135,7 +135,7 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     if train.augment != "none" and not objective.augments:
         raise UsageError(f"--augment transforms what a GAN's discriminator sees of images drawn from noise; "
                          f"{objective.description} has no such discriminator: drop --augment")
-    if train.r1 and not objective.penalises_real:
+    if train.r1 and not objective.takes_r1:
         raise UsageError(f"--r1 penalises a bce or hinge discriminator's gradient at real images; {objective.description} "
                          "has no such discriminator: drop --r1")
     if train.warmup and objective.warmup is None:
@@ -597,6 +597,7 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
 def run_steps(session: Session, stop: StopRequest, progress: console.StepProgress, grid: SampleGrid) -> dict[str, float]:
     cfg = session.config.train
     sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}  # steps that reported each loss: R1 is measured on every 16th step only
     last: dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
     world = session.world
@@ -609,10 +610,11 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
                                lr_factor(session.step, session.total_steps, cfg.lr_decay_start))
             warming = session.step < session.warmup_steps  # only objectives with a warmup_step have warm-up steps
             update = session.objective.warmup_step if warming else session.objective.step  # type: ignore[attr-defined]
-            session.objective.steps = session.step
+            session.objective.step_index = session.step
             losses = update(prepare_batch(images), prepare_condition(labels))
             for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
+                counts[k] = counts.get(k, 0) + 1
             session.step += 1
             window_steps += 1
             if session.budgeted:
@@ -622,8 +624,8 @@ def run_steps(session: Session, stop: StopRequest, progress: console.StepProgres
             at_log = step % cfg.log_every == 0 or finished or (warming and step == session.warmup_steps)
             signalled, session.out_of_time = stop_requests(session, stop, at_log)
             if at_log or signalled or session.out_of_time:
-                last = log_window(session, progress, sums, window_steps, time.perf_counter() - window_start)
-                sums, window_steps, window_start = {}, 0, time.perf_counter()
+                last = log_window(session, progress, sums, counts, window_steps, time.perf_counter() - window_start)
+                sums, counts, window_steps, window_start = {}, {}, 0, time.perf_counter()
             if step % cfg.sample_every == 0 and world.is_main:
                 write_sample_grid(session, grid)
             if signalled:
@@ -707,10 +709,10 @@ def stop_requests(session: Session, stop: StopRequest, at_log: bool) -> tuple[bo
 
 
 def log_window(session: Session, progress: console.StepProgress, sums: dict[str, torch.Tensor],
-               steps: int, seconds: float) -> dict[str, float]:
-    """Average the window's losses (the only host sync) and append one metrics line."""
+               counts: dict[str, int], steps: int, seconds: float) -> dict[str, float]:
+    """Average the window's losses over the steps that reported each (the only host sync) and append one metrics line."""
     names = list(sums)
-    means = torch.stack([sums[k].float() for k in names]).div(steps).tolist() if names else []
+    means = torch.stack([sums[k].float() / counts[k] for k in names]).tolist() if names else []
     losses = dict(zip(names, means))
     bad = [name for name, value in losses.items() if not math.isfinite(value)]
     if distributed.any_rank([bool(bad)], session.world, session.device)[0]:

@@ -357,13 +357,11 @@ def test_the_classifier_judge_is_one_network_whatever_thread_count_eval_runs_in(
     draws = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (1024, 1, 28, 28), dtype=torch.uint8, generator=draws)
     labels = torch.randint(0, 10, (1024,), generator=draws)
-    before = torch.get_num_threads()
     trained = []
     for threads in (1, 3):
-        torch.set_num_threads(threads)
-        trained.append(features.train_classifier(images, labels, 10, torch.device("cpu"), epochs=1).state_dict())
-        assert torch.get_num_threads() == threads  # the caller's count, back once the judge is trained
-    torch.set_num_threads(before)
+        with features.cpu_threads(threads):
+            trained.append(features.train_classifier(images, labels, 10, torch.device("cpu"), epochs=1).state_dict())
+            assert torch.get_num_threads() == threads  # the caller's count, back once the judge is trained
     assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
 
 

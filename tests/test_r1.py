@@ -10,17 +10,19 @@ import torch
 from safetensors.torch import load_file
 from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixture)
 from torch import nn
+from typer.testing import CliRunner
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import training
+from genai_cli.cli import app
 from genai_cli.config import Config
 from genai_cli.errors import UsageError
 from genai_cli.objectives import make_objective
 from genai_cli.objectives.adversarial import R1_INTERVAL, DiscriminatorPass
 
 
-class LinearD(nn.Module):
-    """logit = w . x + b + (x . x) / 2: its gradient at x is w + x, so R1 is known in closed form."""
+class QuadraticD(nn.Module):
+    """logit = w . x + (x . x) / 2: its gradient at x is w + x, so R1 is known in closed form."""
 
     def __init__(self, pixels: int) -> None:
         super().__init__()
@@ -33,7 +35,7 @@ class LinearD(nn.Module):
 
 def test_r1_is_the_mean_squared_gradient_norm_of_d_at_the_real_images_only() -> None:
     torch.manual_seed(0)
-    d = LinearD(16)
+    d = QuadraticD(16)
     real, fake = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4)
     d_real, d_fake, r1 = DiscriminatorPass(d)(real, fake, None, penalise=True)
     expected = (d.w + real.flatten(1)).pow(2).sum(1).mean()
@@ -50,7 +52,7 @@ def objective_losses(bars_root: Path, r1: float, step: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = training.build_model(plan, torch.device("cpu"))
     objective = make_objective(model, plan.config.train, torch.device("cpu"))
-    objective.steps = step
+    objective.step_index = step
     real = torch.rand(8, 1, 28, 28) * 2 - 1
     return {k: v.item() for k, v in objective.step(real, None).items()}
 
@@ -59,9 +61,30 @@ def test_the_penalty_applies_every_16th_step_only(bars_root: Path) -> None:  # n
     off = objective_losses(bars_root, 0.0, 0)
     on = objective_losses(bars_root, 10.0, 0)
     between = objective_losses(bars_root, 10.0, R1_INTERVAL - 1)
-    assert on["loss_d"] > off["loss_d"] + 1e-3  # the penalty, weighted 16 times, adds to D's loss
-    assert on["d_real"] == off["d_real"]  # the same D pass, with the gradient kept
+    assert on["loss_d"] == off["loss_d"] and on["d_real"] == off["d_real"]  # the same D pass; loss_d stays the logit loss
+    assert on["r1"] > 0 and "r1" not in off  # the penalty is logged on its own
     assert between == off  # between R1 steps the step is exactly the plain one
+
+
+def test_the_run_penalises_its_steps_0_16_32_through_a_resume(bars_root: Path, tmp_path: Path,  # noqa: F811
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop tells the objective its step: R1 falls on the run's own steps 0, 16, 32, resumed or not (cgan: labels too)."""
+    penalised: list[bool] = []
+    forward = DiscriminatorPass.forward
+
+    def recording(self, real, fake, labels, penalise):
+        penalised.append(penalise)
+        return forward(self, real, fake, labels, penalise)
+
+    monkeypatch.setattr(DiscriminatorPass, "forward", recording)
+    given = flags(bars_root, "cgan", **{"train.r1": 1.0})
+    first = training.train({**given, "train.steps": 20}, out=str(tmp_path / "run"))
+    training.train({"train.steps": 34}, resume=first.run_dir)
+    assert [i for i, flag in enumerate(penalised) if flag] == [0, 16, 32]
+    logged = [json.loads(line) for line in (Path(first.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    windows = [(row["step"], "r1" in row) for row in logged if "loss_d" in row]  # a line every 5 steps (TINY)
+    assert windows == [(5, True), (10, False), (15, False), (20, True), (25, False), (30, False), (34, True)]
+    assert all(row["r1"] > 0 for row in logged if "r1" in row)  # the mean of what was measured, not diluted by steps without
 
 
 def test_a_run_with_r1_trains_otherwise_stores_it_and_resumes_bit_for_bit(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -79,10 +102,16 @@ def test_a_run_with_r1_trains_otherwise_stores_it_and_resumes_bit_for_bit(bars_r
     assert json.loads((Path(plain.run_dir) / ckpt.CONFIG_FILE).read_text())["train"]["r1"] == 0.0
 
 
-@pytest.mark.parametrize("kind", ["gan", "cgan"])
-def test_hinge_takes_r1_too(bars_root: Path, kind: str) -> None:  # noqa: F811
-    config = training.resolve(flags(bars_root, kind, **{"train.r1": 0.5, "train.gan_loss": "hinge"}))
-    assert config.train.r1 == 0.5
+def test_hinge_takes_r1_too(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = training.train(flags(bars_root, "gan", **{"train.r1": 0.5, "train.gan_loss": "hinge", "train.steps": 2}),
+                         out=str(tmp_path / "hinge"))
+    assert run.losses["r1"] > 0
+
+
+def test_the_flag_reaches_the_config(bars_root: Path) -> None:  # noqa: F811
+    result = CliRunner().invoke(app, ["train", "--model", "dcgan", "--data-dir", str(bars_root), "--r1", "2.5", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["train"]["r1"] == 2.5
 
 
 @pytest.mark.parametrize(("kind", "extra"), [("vae", {}), ("cvae", {}), ("pix2pix", {}),

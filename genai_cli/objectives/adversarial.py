@@ -29,18 +29,20 @@ if TYPE_CHECKING:
     from genai_cli.distributed import World
 
 # A discriminator whose loss stays below 0.01 for 500 steps has won: G learns nothing.
+COLLAPSE = Health("loss_d", 0.01, 500, "discriminator collapse",
+                  "so the generator gets no useful gradient; try a lower --lr-d, --gan-loss hinge, --r1 1, "
+                  "or resume an earlier checkpoint")
 # R1 is lazy (Karras et al. 2020, StyleGAN2): every 16th D step, weighted 16 times, costs a sixteenth
 # of the double backward and trains as well as every step.
 R1_INTERVAL = 16
-COLLAPSE = Health("loss_d", 0.01, 500, "discriminator collapse",
-                  "so the generator gets no useful gradient; try a lower --lr-d, --gan-loss hinge, "
-                  "or resume an earlier checkpoint")
 
 
 class DiscriminatorPass(nn.Module):
     """D's logits for a real and a generated batch, each batch on its own (BatchNorm's statistics
     stay per batch) and, when asked, R1: the real images' mean squared gradient norm (Mescheder
-    et al. 2018). A module, so DDP wraps the double backward too."""
+    et al. 2018), taken at the images D sees (after --augment). A module, so DDP wraps the double
+    backward too. With BatchNorm in D each image's gradient also holds its share of the batch's
+    statistics: a batch-level penalty, not the paper's per-image one (its D has no BatchNorm)."""
 
     def __init__(self, discriminator: nn.Module) -> None:
         super().__init__()
@@ -62,7 +64,7 @@ class AdversarialObjective:
 
     loss_keys = ("loss_d", "loss_g")
     health: Health | None = COLLAPSE
-    steps = 0  # the run's step, set by the loop before each update: R1's cadence
+    step_index = 0  # the run's step, set by the loop before each update: R1's cadence
 
     def __init__(self, model: AdversarialModel, train: TrainConfig, device: torch.device, world: World) -> None:
         assert train.lr is not None and train.beta1 is not None
@@ -73,7 +75,6 @@ class AdversarialObjective:
         # Under DDP, G and D's own update go through the wrappers that average gradients;
         # G's loss goes through the bare D, whose gradients nobody needs.
         self.generator = wrap(model.generator, world, device)
-        self.discriminator = wrap(model.discriminator, world, device)
         self.d_pass = wrap(DiscriminatorPass(model.discriminator), world, device)
         self.base_lrs = {"generator": train.lr, "discriminator": train.lr_d or train.lr}
         self.optimizers = {name: adam(getattr(model, name).parameters(), lr, betas, device) for name, lr in self.base_lrs.items()}
@@ -81,23 +82,22 @@ class AdversarialObjective:
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
         opt_d = self.optimizers["discriminator"]
         z = self.noise(real.shape[0], real.device)
-        penalise = self.r1 > 0 and self.steps % R1_INTERVAL == 0
+        penalise = self.r1 > 0 and self.step_index % R1_INTERVAL == 0
         with autocast(self.device):
             fake = self.generator(z, labels)
             d_real, d_fake, r1 = self.d_pass(self.augment(real), self.augment(fake.detach()), labels, penalise)
         loss_d = self.d_loss(d_real.float(), d_fake.float())
-        if r1 is not None:
-            loss_d = loss_d + self.r1 / 2 * R1_INTERVAL * r1
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        (loss_d if r1 is None else loss_d + self.r1 / 2 * R1_INTERVAL * r1).backward()
         opt_d.step()
         loss_g = self.generator_step(fake, labels)
-        return {
+        losses = {
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
             "d_real": torch.sigmoid(d_real.detach().float()).mean(),
             "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
         }
+        return losses if r1 is None else {**losses, "r1": r1.detach()}  # measured on R1's steps only
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """What D sees of `images`: --augment's transforms, a fresh draw per call (none: the images themselves)."""
@@ -162,6 +162,6 @@ class AdversarialObjective:
 
 
 BCE = ObjectiveSpec("gan-bce", AdversarialModel, "bce", "bce (non-saturating)", AdversarialObjective, judged=True,
-                    augments=True, penalises_real=True)
+                    augments=True, takes_r1=True)
 HINGE = ObjectiveSpec("gan-hinge", AdversarialModel, "hinge", "hinge", AdversarialObjective, judged=True, augments=True,
-                      penalises_real=True)
+                      takes_r1=True)

@@ -51,7 +51,7 @@ class Objective(Protocol):
     ema: EMA | None  # the moving average users sample, checkpointed with the run
     loss_keys: tuple[str, ...]  # the losses loss.svg and the report plot, in this order
     health: Health | None  # the loss that says training has stopped learning, if there is one
-    steps: int  # the run's step, set by the loop before each update (for a step that varies with it)
+    step_index: int  # the run's step, set by the loop before each update (for a step that varies with it)
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses: ...
 
@@ -106,7 +106,7 @@ class ObjectiveSpec:
     augments: bool = False
     # Its D step takes `--r1`: a logit-loss D, whose gradient at real images nothing else bounds (WGAN-GP has a
     # penalty of its own; pix2pix's D judges pairs).
-    penalises_real: bool = False
+    takes_r1: bool = False
 
     @property
     def loss_keys(self) -> tuple[str, ...]:

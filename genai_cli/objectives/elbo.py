@@ -63,7 +63,7 @@ class ELBOTerms(nn.Module):
 class ELBOObjective:
     loss_keys = ("loss", "recon", "kl")
     health: Health | None = None  # a VAE has no adversary to win; NaNs are caught for every objective
-    steps = 0  # the run's step, set by the loop (no step of the ELBO's varies with it)
+    step_index = 0  # the run's step, set by the loop (no step of the ELBO's varies with it)
 
     def __init__(self, model: VariationalModel, train: TrainConfig, device: torch.device, world: World) -> None:
         assert train.lr is not None and train.beta1 is not None
