@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixture)
+from test_training import bars_root, flags, resumes_bit_for_bit_with  # noqa: F401  (bars_root is a fixture)
 
-from genai_cli import checkpoint as ckpt
 from genai_cli import training
 from genai_cli.augment import augment, cutout, translate
 from genai_cli.config import Config
@@ -63,17 +60,9 @@ def test_none_leaves_the_images_alone_and_an_unknown_transform_is_refused() -> N
 
 
 def test_a_run_with_augment_trains_otherwise_stores_it_and_resumes_bit_for_bit(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    given = flags(bars_root, "cgan", **{"train.augment": "translation,cutout"})
-    straight = training.train({**given, "train.steps": 6}, out=str(tmp_path / "straight"))
-    first = training.train({**given, "train.steps": 3}, out=str(tmp_path / "split"))
-    resumed = training.train({"train.steps": 6}, resume=first.run_dir)
-    plain = training.train(flags(bars_root, "cgan", **{"train.steps": 6}), out=str(tmp_path / "plain"))
-    a, b, c = (load_file(Path(run.run_dir) / ckpt.STATE_FILE) for run in (straight, resumed, plain))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("model."))  # D saw other images
-    stored = json.loads((Path(resumed.run_dir) / ckpt.CONFIG_FILE).read_text())["train"]
-    assert stored["augment"] == "translation,cutout"
-    assert json.loads((Path(plain.run_dir) / ckpt.CONFIG_FILE).read_text())["train"]["augment"] == "none"
+    """Unlike a run without it: D saw other images."""
+    stored, plain = resumes_bit_for_bit_with(bars_root, tmp_path, "cgan", {"train.augment": "translation,cutout"}, steps=6, split=3)
+    assert stored["augment"] == "translation,cutout" and plain["augment"] == "none"
 
 
 @pytest.mark.parametrize("kind", ["gan", "dcgan"])

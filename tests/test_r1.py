@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from test_training import bars_root, flags  # noqa: F401  (bars_root is a fixture)
+from test_training import bars_root, flags, resumes_bit_for_bit_with  # noqa: F401  (bars_root is a fixture)
 from torch import nn
 from typer.testing import CliRunner
 
-from genai_cli import checkpoint as ckpt
 from genai_cli import training
 from genai_cli.cli import app
 from genai_cli.config import Config
@@ -89,17 +87,8 @@ def test_the_run_penalises_its_steps_0_16_32_through_a_resume(bars_root: Path, t
 
 def test_a_run_with_r1_trains_otherwise_stores_it_and_resumes_bit_for_bit(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
     """18 steps hold two R1 steps (0 and 16); the resumed half holds the second, so the cadence survives resume."""
-    given = flags(bars_root, "dcgan", **{"train.r1": 1.0})
-    straight = training.train({**given, "train.steps": 18}, out=str(tmp_path / "straight"))
-    first = training.train({**given, "train.steps": 10}, out=str(tmp_path / "split"))
-    resumed = training.train({"train.steps": 18}, resume=first.run_dir)
-    plain = training.train(flags(bars_root, "dcgan", **{"train.steps": 18}), out=str(tmp_path / "plain"))
-    a, b, c = (load_file(Path(run.run_dir) / ckpt.STATE_FILE) for run in (straight, resumed, plain))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("model."))
-    stored = json.loads((Path(resumed.run_dir) / ckpt.CONFIG_FILE).read_text())["train"]
-    assert stored["r1"] == 1.0
-    assert json.loads((Path(plain.run_dir) / ckpt.CONFIG_FILE).read_text())["train"]["r1"] == 0.0
+    stored, plain = resumes_bit_for_bit_with(bars_root, tmp_path, "dcgan", {"train.r1": 1.0}, steps=18, split=10)
+    assert stored["r1"] == 1.0 and plain["r1"] == 0.0
 
 
 def test_hinge_takes_r1_too(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -50,6 +50,20 @@ def flags(root: Path, kind: str, **extra: object) -> dict:
     return {"model.kind": kind, "data.name": "fashion-mnist", "data.data_dir": str(root), **TINY, **extra}
 
 
+def resumes_bit_for_bit_with(root: Path, tmp_path: Path, kind: str, setting: dict, steps: int, split: int) -> tuple[dict, dict]:
+    """Train `steps` steps with `setting` straight through and resumed at `split`: the two end bit for bit alike,
+    and unlike a run without it. Returns the train configs stored by the resumed run and by the run without."""
+    given = flags(root, kind, **setting)
+    straight = training.train({**given, "train.steps": steps}, out=str(tmp_path / "straight"))
+    first = training.train({**given, "train.steps": split}, out=str(tmp_path / "split"))
+    resumed = training.train({"train.steps": steps}, resume=first.run_dir)
+    plain = training.train(flags(root, kind, **{"train.steps": steps}), out=str(tmp_path / "plain"))
+    a, b, c = (load_file(Path(run.run_dir) / ckpt.STATE_FILE) for run in (straight, resumed, plain))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("model."))
+    return tuple(json.loads((Path(run.run_dir) / ckpt.CONFIG_FILE).read_text())["train"] for run in (resumed, plain))
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata()
