@@ -8,8 +8,8 @@ per-step .item() reads the example prints -- and (b) genai's engine: `objective.
 `source.epoch_batches`, as `genai train` runs it. Both train the same G and D, built by
 genai's model registry from one ModelConfig and one seed, on the same images. The example's
 Sigmoid + BCELoss is written as BCEWithLogitsLoss on D's logits (the same loss, stably), and
-genai runs with `--ema 0` (its default keeps a moving average of G, work the example does
-not do), so both perform the same update. On CUDA genai trains under bf16 autocast, its
+genai runs with `--ema 0 --r1 0` (its DCGAN defaults keep a moving average of G and add R1
+every 16th step, work the example does not do), so both perform the same update. On CUDA genai trains under bf16 autocast, its
 default, and the reference keeps the example's cudnn.benchmark = True.
 
 Rows: 28x28x1 (Fashion-MNIST when found, else random images), 32x32x3 and 64x64x3 (random
@@ -199,10 +199,12 @@ def genai_loop(plan: training.Plan, batch_size: int) -> Run:
     objective = make_objective(model, plan.config.train, plan.device)
     batches = itertools.chain.from_iterable(
         plan.source.epoch_batches(epoch, batch_size, plan.config.train.seed, plan.device) for epoch in itertools.count())
+    step_indices = itertools.count()
 
     def run(n: int) -> int:
         losses, seen = {}, 0
         for images, labels in itertools.islice(batches, n):
+            objective.step_index = next(step_indices)  # as the loop tells it: R1 falls on every 16th step
             losses = objective.step(training.prepare_batch(images), labels)
             seen += images.shape[0]
         torch.stack(list(losses.values())).tolist()  # wait for the device
@@ -262,7 +264,7 @@ def matmul_gflops(n: int, device: torch.device, repeats: int) -> float:
 def compare(row: Row, data: RowData, args: argparse.Namespace, steps: int) -> dict[str, Any]:
     """Both loops on one row: FLOPs, warm-up, then alternating timed rounds (reference first)."""
     flags = {"model.kind": "dcgan", "model.image_size": row.size, "model.channels": row.channels,
-             "model.width": args.width, "train.batch_size": row.batch, "train.ema": 0.0, **data.flags}
+             "model.width": args.width, "train.batch_size": row.batch, "train.ema": 0.0, "train.r1": 0.0, **data.flags}
     plan = training.plan_run(flags, None)
     seed_everything(plan.config.train.seed)  # genai_loop seeds alike: both start from the same weights
     reference_model = plan.spec.build(plan.config.model).to(plan.device)
@@ -326,7 +328,7 @@ def print_table(report: dict[str, Any]) -> None:
     """The JSON's headline numbers, readable, on stderr."""
     mm = report["matmul"]
     lines = [f"genai vs pytorch/examples dcgan loop on {report['device']}, torch {report['torch']}: "
-             f"median of {report['rounds']} rounds, {report['workers']} DataLoader workers, genai --ema 0",
+             f"median of {report['rounds']} rounds, {report['workers']} DataLoader workers, genai --ema 0 --r1 0",
              f"float32 matmul {mm['size']}x{mm['size']}: {mm['gflops']:.1f} GFLOP/s",
              f"{'shape':<9}{'batch':>6}{'data':>15}{'ref img/s':>11}{'genai img/s':>13}{'ratio':>8}"
              f"{'ref GF/s':>10}{'genai GF/s':>12}{'of mm':>7}"]
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         add_gflops(row, matmul)
     report = {"device": describe(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "torchvision": torchvision.__version__, "rounds": args.rounds, "warmup": args.warmup,
-              "workers": args.workers, "quick": args.quick, "ema": 0.0,
+              "workers": args.workers, "quick": args.quick, "ema": 0.0, "r1": 0.0,
               "matmul": {"size": matmul_size, "dtype": "float32", "gflops": round(matmul, 1)},
               "rows": rows, "sampling": sampling,
               "memory": {"peak_rss_mib": round(rss_mib()), "peak_rss_workers_mib": round(rss_mib(resource.RUSAGE_CHILDREN))}}

@@ -69,7 +69,7 @@ class TrainConfig:
     gan_loss: str = "bce"  # picks the adversarial objective: "bce" (non-saturating), "hinge", ... (genai_cli.objectives)
     ema: float | None = None  # decay of the generator's moving average; 0 = off; family default
     augment: str = "none"  # DiffAugment's transforms of what a GAN's discriminator sees (genai_cli.augment)
-    r1: float = 0.0  # weight (gamma) of the R1 penalty on D's gradient at real images; 0 = off
+    r1: float | None = None  # weight (gamma) of the R1 penalty on D's gradient at real images; 0 = off; family default
     seed: int = 0
     device: str = "auto"
     log_every: int = 50

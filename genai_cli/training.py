@@ -135,6 +135,7 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     if train.augment != "none" and not objective.augments:
         raise UsageError(f"--augment transforms what a GAN's discriminator sees of images drawn from noise; "
                          f"{objective.description} has no such discriminator: drop --augment")
+    train.r1 = (spec.r1 if objective.takes_r1 else 0.0) if train.r1 is None else train.r1
     if train.r1 and not objective.takes_r1:
         raise UsageError(f"--r1 penalises a bce or hinge discriminator's gradient at real images; {objective.description} "
                          "has no such discriminator: drop --r1")

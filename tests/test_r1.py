@@ -15,6 +15,7 @@ from genai_cli import training
 from genai_cli.cli import app
 from genai_cli.config import Config
 from genai_cli.errors import UsageError
+from genai_cli.models import MODELS
 from genai_cli.objectives import make_objective
 from genai_cli.objectives.adversarial import R1_INTERVAL, DiscriminatorPass
 
@@ -88,7 +89,22 @@ def test_the_run_penalises_its_steps_0_16_32_through_a_resume(bars_root: Path, t
 def test_a_run_with_r1_trains_otherwise_stores_it_and_resumes_bit_for_bit(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
     """18 steps hold two R1 steps (0 and 16); the resumed half holds the second, so the cadence survives resume."""
     stored, plain = resumes_bit_for_bit_with(bars_root, tmp_path, "dcgan", {"train.r1": 1.0}, steps=18, split=10)
-    assert stored["r1"] == 1.0 and plain["r1"] == 0.0
+    assert stored["r1"] == 1.0 and plain["r1"] == MODELS.get("dcgan").r1
+
+
+@pytest.mark.parametrize(("kind", "extra", "gamma"), [
+    ("dcgan", {}, 0.1),  # the family's default: measured over an hour
+    ("dcgan", {"train.gan_loss": "wgan-gp", "model.norm": "group"}, 0.0),  # its own penalty: no R1, and no refusal
+    ("cgan", {}, 0.0), ("gan", {}, 0.0), ("vae", {}, 0.0)])
+def test_the_default_gamma_is_the_familys_where_the_objective_takes_r1(bars_root: Path, kind: str, extra: dict,  # noqa: F811
+                                                                        gamma: float) -> None:
+    assert training.resolve(flags(bars_root, kind, **extra)).train.r1 == gamma
+
+
+def test_a_short_budget_trains_without_r1(bars_root: Path) -> None:  # noqa: F811
+    """R1 was measured over the hour; the one-minute recipe stays as measured."""
+    assert training.resolve(flags(bars_root, "dcgan"), max_time=60.0).train.r1 == 0.0
+    assert training.resolve(flags(bars_root, "dcgan", **{"train.r1": 1.0}), max_time=60.0).train.r1 == 1.0
 
 
 def test_hinge_takes_r1_too(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811

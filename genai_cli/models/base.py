@@ -88,6 +88,7 @@ class ModelSpec:
     lr_decay_start: float = 1.0  # fraction of the run after which the rate falls linearly to 0
     beta1: float = 0.5
     ema: float = 0.999  # moving average of the generating half's weights; 0 for none
+    r1: float = 0.0  # R1's gamma where the objective takes it (bce, hinge); 0 for none
     prior: str = "standard"  # what latents are drawn from: N(0, I), or a mixture fitted to the codes (VAEs)
     prior_components: int | None = None  # Gaussians in the fitted prior (per class for a conditional family)
     likelihood: str | None = None  # the decoder's p(x | z) (VAEs: genai_cli.models.vae.LIKELIHOODS)

@@ -67,7 +67,7 @@ class AdversarialObjective:
     step_index = 0  # the run's step, set by the loop before each update: R1's cadence
 
     def __init__(self, model: AdversarialModel, train: TrainConfig, device: torch.device, world: World) -> None:
-        assert train.lr is not None and train.beta1 is not None
+        assert train.lr is not None and train.beta1 is not None and train.r1 is not None
         betas = (train.beta1, train.beta2)
         self.model, self.device, self.loss, self.world = model, device, train.gan_loss, world
         self.policy, self.r1 = train.augment, train.r1
