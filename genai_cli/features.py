@@ -269,26 +269,32 @@ def cpu_threads(count: int) -> Iterator[None]:
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: torch.device,
                      epochs: int = CLASSIFIER_EPOCHS, seed: int = 0) -> SmallCNN:
-    """Adam, batch 128, a fixed seed and CLASSIFIER_THREADS: the same data always gives the same judge."""
+    """Adam, batch 128, a fixed seed."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = SmallCNN(images.shape[1], num_classes).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     batch = min(128, len(images))
     net.train()
-    with cpu_threads(CLASSIFIER_THREADS):
-        for epoch in range(epochs):
-            order = torch.randperm(len(images), generator=generator)
-            for start in range(0, len(images) - batch + 1, batch):
-                index = order[start : start + batch]
-                x = imgs.from_uint8(images[index].to(device))
-                _, logits = net(x)
-                loss = F.cross_entropy(logits, labels[index].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            console.info(f"classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}")
+    for epoch in range(epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(images) - batch + 1, batch):
+            index = order[start : start + batch]
+            x = imgs.from_uint8(images[index].to(device))
+            _, logits = net(x)
+            loss = F.cross_entropy(logits, labels[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        console.info(f"classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}")
     return net.eval()
+
+
+def train_judge(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = CLASSIFIER_EPOCHS) -> SmallCNN:
+    """The classifier genai judges samples with: on the CPU in CLASSIFIER_THREADS whatever the device and the
+    caller's thread count, since other kernels or another split of the sums would train another judge."""
+    with cpu_threads(CLASSIFIER_THREADS):
+        return train_classifier(images, labels, num_classes, torch.device("cpu"), epochs)
 
 
 @torch.no_grad()
@@ -317,8 +323,7 @@ def load_classifier(dataset: str, device: torch.device, num_classes: int,
         net, info = cached
     else:
         console.info(f"training the {dataset} classifier once ({CLASSIFIER_EPOCHS} epochs); cached at {path}")
-        # On the CPU whatever the device: another device's kernels would train another judge.
-        net = train_classifier(train_x, train_y, num_classes, torch.device("cpu"))
+        net = train_judge(train_x, train_y, num_classes)
         accuracy = per_class_accuracy(net, test_x, test_y, num_classes, torch.device("cpu"))
         info = {"dataset": dataset, "test_accuracy": float((sum(accuracy) / num_classes)),
                 "per_class_accuracy": accuracy, "epochs": CLASSIFIER_EPOCHS, "train_images": len(train_x)}

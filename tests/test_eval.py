@@ -360,7 +360,7 @@ def test_the_classifier_judge_is_one_network_whatever_thread_count_eval_runs_in(
     trained = []
     for threads in (1, 3):
         with features.cpu_threads(threads):
-            trained.append(features.train_classifier(images, labels, 10, torch.device("cpu"), epochs=1).state_dict())
+            trained.append(features.train_judge(images, labels, 10, epochs=1).state_dict())
             assert torch.get_num_threads() == threads  # the caller's count, back once the judge is trained
     assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
 
