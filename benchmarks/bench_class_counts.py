@@ -10,6 +10,7 @@ missing class in with everything else. This counts the judge's labels for the sa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from pathlib import Path
@@ -18,17 +19,21 @@ import torch
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import evaluation
+from genai_cli import features as feats
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+@functools.cache  # several runs of one dataset share its judge: read the splits once
+def judge_for(dataset: str, data_dir: str | None, shape: tuple[int, int]) -> feats.Extractor:
+    return evaluation.load_judge(dataset, data_dir, shape, torch.device("cpu"))[0]
+
+
 def class_counts(checkpoint: str, n: int) -> dict[str, int]:
-    device = torch.device("cpu")
-    model, loaded = ckpt.load_model(checkpoint, device)
+    model, loaded = ckpt.load_model(checkpoint, torch.device("cpu"))
     data, shape = loaded.config.data, (loaded.config.model.channels, loaded.config.model.image_size)
-    judge, _ = evaluation.load_judge(data.name, None, shape, device)
-    images, _ = evaluation.seeded_samples(model, 0, n, device)
-    labels = judge(images)[1].argmax(1)
+    images, _ = evaluation.seeded_samples(model, 0, n, torch.device("cpu"))
+    labels = judge_for(data.name, data.data_dir, shape)(images)[1].argmax(1)
     return dict(zip(data.classes, torch.bincount(labels, minlength=len(data.classes)).tolist()))
 
 
