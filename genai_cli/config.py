@@ -17,8 +17,8 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 10  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
-# 8: model.likelihood and model.prior_components; 9: train.augment; 10: train.r1.
+SCHEMA_VERSION = 11  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
+# 8: model.likelihood and model.prior_components; 9: train.augment; 10: train.r1; 11: model.class_norm.
 # Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
@@ -42,6 +42,7 @@ class ModelConfig:
     likelihood: str | None = None  # the VAE decoder's p(x | z): "gaussian" or "bernoulli"; family default
     in_channels: int | None = None  # channels of the input image, for models that translate one (pix2pix)
     dropout: float = 0.0  # dropout after each hidden layer of the MLP GAN's discriminator (0.3 before schema 6)
+    class_norm: bool | None = None  # labels set the scale and shift of each of G's normalisations (cgan); family default
 
 
 @dataclass
@@ -123,6 +124,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
         ("model", "likelihood", lambda raw: "bernoulli" if raw["model"].get("kind") in ("vae", "cvae") else None)),
     9: (("train", "augment", "none"),),
     10: (("train", "r1", 0.0),),
+    11: (("model", "class_norm", False),),
 }
 
 
@@ -152,6 +154,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "float": (int, float),
     "str": (str,),
     "list[str]": (list,),
+    "bool": (bool,),
 }
 
 
@@ -160,7 +163,7 @@ def _check_type(section: str, name: str, annotation: str, value: Any) -> None:
     base = annotation.removesuffix("| None").strip()
     if value is None and optional:
         return
-    ok = isinstance(value, _TYPES[base]) and not isinstance(value, bool)
+    ok = isinstance(value, _TYPES[base]) and (base == "bool") == isinstance(value, bool)
     if base == "list[str]":
         ok = ok and all(isinstance(v, str) for v in value)
     if not ok:

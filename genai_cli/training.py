@@ -147,6 +147,10 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
         raise UsageError(f"--model {spec.name} needs labelled data but {source.name} has no classes; "
                          "use class sub-folders or an unconditional model")
     resolve_decoding(model, spec)
+    if model.class_norm and spec.class_norm is None:
+        raise UsageError(f"--class-norm sets a conditional generator's normalisations from its labels; --model {spec.name} "
+                         "has no such generator (cgan and cvae have): drop --class-norm")
+    model.class_norm = bool(spec.class_norm) if model.class_norm is None else model.class_norm
     if model.norm not in NORMS:
         raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {model.norm!r}")
     return config

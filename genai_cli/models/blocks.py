@@ -42,43 +42,62 @@ def stage_widths(width: int, stages: int) -> list[int]:
 NORMS = ("batch", "group", "none")
 
 
-def norm_layer(norm: str, channels: int, dims: int = 2) -> nn.Module:
+def norm_layer(norm: str, channels: int, dims: int = 2, affine: bool = True) -> nn.Module:
     """BatchNorm (the DCGAN default), GroupNorm (independent of the batch, so of how DDP
     splits it; no SyncBatchNorm needed on CPU), or nothing."""
     if norm == "batch":
-        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+        return nn.BatchNorm2d(channels, affine=affine) if dims == 2 else nn.BatchNorm1d(channels, affine=affine)
     if norm == "group":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
+        return nn.GroupNorm(math.gcd(32, channels), channels, affine=affine)
     if norm == "none":
         return nn.Identity()
     raise ValueError(f"unknown normalisation {norm!r}; choose one of {', '.join(NORMS)}")
 
 
-class ConvGenerator(nn.Module):
-    """Latent vector -> image: one projection to s0 x s0, then stride-2 transposed convs."""
+class ClassNorm(nn.Module):
+    """Conditional BatchNorm (de Vries et al. 2017; the generator of Miyato & Koyama 2018): the scale
+    and shift after normalising are looked up per class, so the label steers every layer of G, not
+    only its input. The scale is 1 + gain: gain and shift start at 0 (the plain normalisation), and
+    dcgan_init's N(0, 0.02) starts the scale as BatchNorm's own N(1, 0.02)."""
 
-    def __init__(self, in_dim: int, channels: int, image_size: int, width: int, norm: str = "batch") -> None:
+    def __init__(self, norm: str, num_classes: int, channels: int) -> None:
+        super().__init__()
+        self.norm = norm_layer(norm, channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.shift = nn.Embedding(num_classes, channels)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * (1 + self.gain(labels))[:, :, None, None] + self.shift(labels)[:, :, None, None]
+
+
+class ConvGenerator(nn.Module):
+    """Latent vector -> image: one projection to s0 x s0, then stride-2 transposed convs. With
+    num_classes, each normalisation is a ClassNorm and forward takes the labels."""
+
+    def __init__(self, in_dim: int, channels: int, image_size: int, width: int, norm: str = "batch",
+                 num_classes: int = 0) -> None:
         super().__init__()
         base, stages = resolution_plan(image_size)
         widths = stage_widths(width, stages)[::-1]  # base map first
         bias = norm == "none"  # a normalisation layer's shift makes a conv bias redundant
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(in_dim, widths[0], base, 1, 0, bias=bias),
-            norm_layer(norm, widths[0]),
-            nn.ReLU(True),
-        ]
+
+        def normalise(w: int) -> nn.Module:
+            return ClassNorm(norm, num_classes, w) if num_classes else norm_layer(norm, w)
+
+        layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, widths[0], base, 1, 0, bias=bias), normalise(widths[0]), nn.ReLU(True)]
         for w_in, w_out in zip(widths, widths[1:]):
-            layers += [
-                nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=bias),
-                norm_layer(norm, w_out),
-                nn.ReLU(True),
-            ]
+            layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=bias), normalise(w_out), nn.ReLU(True)]
         layers.append(nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Pre-activation output (apply tanh or sigmoid outside)."""
-        return self.net(h.reshape(h.shape[0], -1, 1, 1))
+        h = h.reshape(h.shape[0], -1, 1, 1)
+        for layer in self.net:
+            h = layer(h, labels) if isinstance(layer, ClassNorm) else layer(h)
+        return h
 
 
 class ConvEncoder(nn.Module):
@@ -112,7 +131,7 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 

@@ -23,11 +23,13 @@ class ConditionalGenerator(nn.Module):
         assert config.latent_dim and config.channels and config.image_size
         self.labels = LabelEmbedding(config.num_classes, LABEL_EMBEDDING_DIM)
         self.body = ConvGenerator(
-            config.latent_dim + LABEL_EMBEDDING_DIM, config.channels, config.image_size, config.width, config.norm
+            config.latent_dim + LABEL_EMBEDDING_DIM, config.channels, config.image_size, config.width, config.norm,
+            num_classes=config.num_classes if config.class_norm else 0,
         )
+        self.class_norm = bool(config.class_norm)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.body(self.labels.concat(z, labels)))
+        return torch.tanh(self.body(self.labels.concat(z, labels), labels if self.class_norm else None))
 
 
 class ProjectionDiscriminator(nn.Module):
@@ -57,6 +59,9 @@ SPEC = ModelSpec(
     # R1 over the cGAN's 22,000 steps (2.82M images): classifier FID 3.01 against 4.75 without,
     # intra-class 9.30 against 12.19, recall 0.74 against 0.66 (benchmarks/RESULTS.md).
     r1=0.1,
+    # Labels in every BatchNorm of G, not only at its input: at 5 epochs classifier FID 25.4 against
+    # 38.2, Sandal samples judged sandals 0.74 of real sandals' rate against 0.48 (benchmarks/RESULTS.md).
+    class_norm=True,
     # Measured over the hour only: a few minutes' run trains as it was measured, without it.
     short_budget=(300.0, {"train.r1": 0.0}),
 )
