@@ -42,7 +42,7 @@ class ModelConfig:
     likelihood: str | None = None  # the VAE decoder's p(x | z): "gaussian" or "bernoulli"; family default
     in_channels: int | None = None  # channels of the input image, for models that translate one (pix2pix)
     dropout: float = 0.0  # dropout after each hidden layer of the MLP GAN's discriminator (0.3 before schema 6)
-    class_norm: bool | None = None  # labels set the scale and shift of each of G's normalisations (cgan); family default
+    class_norm: bool | None = None  # labels set the scale and shift of each normalisation in G (cgan) or the decoder (cvae); family default
 
 
 @dataclass
