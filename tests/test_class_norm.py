@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from test_training import bars_root, flags, read_metadata  # noqa: F401  (bars_root is a fixture)
+from test_training import as_older_schema, bars_root, flags  # noqa: F401  (bars_root is a fixture)
 from typer.testing import CliRunner
 
 from genai_cli import checkpoint as ckpt
@@ -65,23 +64,11 @@ def test_a_config_with_a_non_boolean_class_norm_is_refused() -> None:
             Config.from_dict({**raw, "model": {**raw["model"], "class_norm": value}})
 
 
-def as_schema_10(run: Path) -> None:
-    """Rewrite a run's files as genai wrote them before schema 11 (no model.class_norm in their configs)."""
-    def older(text: str) -> str:
-        raw = json.loads(text)
-        del raw["model"]["class_norm"]
-        return json.dumps({**raw, "schema": 10})
-    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE):
-        meta = read_metadata(run / name)
-        save_file(load_file(run / name), str(run / name), metadata={**meta, "genai.config": older(meta["genai.config"])})
-    (run / ckpt.CONFIG_FILE).write_text(older((run / ckpt.CONFIG_FILE).read_text()))
-
-
 def test_a_cgan_from_before_schema_11_loads_samples_and_resumes_with_its_plain_norms(bars_root: Path,  # noqa: F811
                                                                                      tmp_path: Path) -> None:
     run = Path(training.train(flags(bars_root, "cgan", **{"train.steps": 2, "model.class_norm": False}),
                               out=str(tmp_path / "r")).run_dir)
-    as_schema_10(run)
+    as_older_schema(run, 10, "model", "class_norm")
     model, _ = ckpt.load_model(str(run), torch.device("cpu"))
     assert model.config.class_norm is False
     assert not any(isinstance(m, ClassNorm) for m in model.modules())

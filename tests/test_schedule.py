@@ -3,14 +3,13 @@ inside it, and a stopped run resumes onto the same curve bit for bit."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import FakeClock, budget_plans
 from safetensors.torch import load_file
-from test_training import bars_root, flags, read_metadata  # noqa: F401  (bars_root is a fixture)
+from test_training import as_older_schema, bars_root, flags  # noqa: F401  (bars_root is a fixture)
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import training
@@ -112,20 +111,6 @@ def test_version_1_configs_load_and_keep_what_their_runs_did() -> None:
             Config.from_dict({**raw, "schema": schema})
 
 
-def as_schema_5(run: Path) -> None:
-    """Rewrite a run's files as genai wrote them before schema 6 (no model.dropout in their configs)."""
-    from safetensors.torch import save_file
-
-    def older(text: str) -> str:
-        raw = json.loads(text)
-        del raw["model"]["dropout"]
-        return json.dumps({**raw, "schema": 5})
-    for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE):
-        meta = read_metadata(run / name)
-        save_file(load_file(run / name), str(run / name), metadata={**meta, "genai.config": older(meta["genai.config"])})
-    (run / ckpt.CONFIG_FILE).write_text(older((run / ckpt.CONFIG_FILE).read_text()))
-
-
 @pytest.mark.parametrize("kind,dropout", [("gan", 0.3), ("dcgan", 0.0)])
 def test_runs_from_before_schema_6_keep_the_discriminator_they_trained(bars_root: Path, tmp_path: Path, kind: str,  # noqa: F811
                                                                         dropout: float) -> None:
@@ -133,7 +118,7 @@ def test_runs_from_before_schema_6_keep_the_discriminator_they_trained(bars_root
     layers); it loads (as `sample` does) and resumes with it. Other families never had any."""
     run = Path(training.train(flags(bars_root, kind, **{"train.steps": 2, "model.dropout": dropout}),
                               out=str(tmp_path / "r")).run_dir)
-    as_schema_5(run)
+    as_older_schema(run, 5, "model", "dropout")
     model, _ = ckpt.load_model(str(run), torch.device("cpu"))
     assert model.config.dropout == dropout
     assert any(isinstance(m, torch.nn.Dropout) for m in model.discriminator.modules()) == (dropout > 0)

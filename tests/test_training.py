@@ -69,6 +69,20 @@ def read_metadata(path: Path) -> dict[str, str]:
         return handle.metadata()
 
 
+def as_older_schema(run: Path, schema: int, section: str, name: str) -> None:
+    """Rewrite a run's files as genai wrote them at `schema`, before its configs held `section.name`."""
+    from safetensors.torch import save_file
+
+    def older(text: str) -> str:
+        raw = json.loads(text)
+        del raw[section][name]
+        return json.dumps({**raw, "schema": schema})
+    for file in (ckpt.MODEL_FILE, ckpt.STATE_FILE):
+        meta = read_metadata(run / file)
+        save_file(load_file(run / file), str(run / file), metadata={**meta, "genai.config": older(meta["genai.config"])})
+    (run / ckpt.CONFIG_FILE).write_text(older((run / ckpt.CONFIG_FILE).read_text()))
+
+
 def metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
