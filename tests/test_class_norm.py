@@ -1,4 +1,5 @@
-"""--class-norm: the cGAN's generator takes its labels in every normalisation, and runs from before it still load."""
+"""--class-norm: the cGAN's generator and the cVAE's decoder take their labels in every normalisation, and runs
+from before it still load."""
 
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ def test_with_class_norm_the_label_reaches_g_past_its_input(bars_root: Path) -> 
     assert torch.equal(*outputs[False])
 
 
-def test_the_cgan_takes_class_norm_by_default_and_other_families_refuse_it(bars_root: Path) -> None:  # noqa: F811
-    assert training.resolve(flags(bars_root, "cgan")).model.class_norm is True
+def test_the_conditional_families_take_class_norm_by_default_and_others_refuse_it(bars_root: Path) -> None:  # noqa: F811
+    for kind in ("cgan", "cvae"):
+        assert training.resolve(flags(bars_root, kind)).model.class_norm is True
     assert training.resolve(flags(bars_root, "dcgan")).model.class_norm is False
     with pytest.raises(UsageError, match="--class-norm .* drop --class-norm"):
         training.resolve(flags(bars_root, "dcgan", **{"model.class_norm": True}))
