@@ -172,7 +172,7 @@ def train(
     prior: Annotated[Optional[str], choice(choices.PRIORS, "--prior", help="VAE latents: fitted (a mixture of Gaussians fitted to the training codes when training ends, one per class for cvae; sharper samples) or standard (N(0, I)). \\[default: fitted for VAEs]")] = None,
     prior_components: Annotated[Optional[int], typer.Option(help="Gaussians in a fitted prior (per class for cvae). \\[default: vae 100, cvae 10]")] = None,
     likelihood: Annotated[Optional[str], choice(choices.LIKELIHOODS, "--likelihood", help="VAE decoder: gaussian (one variance for all pixels, fitted to the data; sharp images) or bernoulli (per-pixel intensities; the classic VAE, blurrier). \\[default: gaussian]")] = None,
-    class_norm: Annotated[Optional[bool], typer.Option("--class-norm/--no-class-norm", help="cgan, cvae: labels set the scale and shift of every normalisation in the generator or decoder (conditional BatchNorm), not only its input. \\[default: on]")] = None,
+    class_norm: Annotated[Optional[bool], typer.Option("--class-norm/--no-class-norm", help="cgan, cvae: labels set the scale and shift of every normalisation in the generator or decoder (conditional BatchNorm), not only its input. \\[default: on for cgan, off for cvae]")] = None,
     norm: Annotated[Optional[str], choice(choices.NORMS, "--norm", help=f"Normalisation layers: batch, group (independent of how processes split a batch) or none. \\[default: {_M.norm}]")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed for weights, batches and noise. \\[default: {_T.seed}]")] = None,
     device: Device = None,
