@@ -47,8 +47,9 @@ def test_with_class_norm_the_label_reaches_g_past_its_input(bars_root: Path) -> 
     assert torch.equal(*outputs[False])
 
 
-def test_the_conditional_families_take_class_norm_by_default_and_others_refuse_it(bars_root: Path) -> None:  # noqa: F811
+def test_the_cgan_takes_class_norm_by_default_the_cvae_when_asked_and_others_refuse_it(bars_root: Path) -> None:  # noqa: F811
     assert training.resolve(flags(bars_root, "cgan")).model.class_norm is True
+    assert training.resolve(flags(bars_root, "cvae")).model.class_norm is False
     assert training.resolve(flags(bars_root, "cvae", **{"model.class_norm": True})).model.class_norm is True
     assert training.resolve(flags(bars_root, "dcgan")).model.class_norm is False
     with pytest.raises(UsageError, match="--class-norm .* drop --class-norm"):

@@ -74,7 +74,7 @@ class ClassNorm(nn.Module):
 
 class ConvGenerator(nn.Module):
     """Latent vector -> image: one projection to s0 x s0, then stride-2 transposed convs. With
-    num_classes, each normalisation is a ClassNorm and forward takes the labels."""
+    num_classes, each normalisation is a ClassNorm that reads forward's labels; without, they are unused."""
 
     def __init__(self, in_dim: int, channels: int, image_size: int, width: int, norm: str = "batch",
                  num_classes: int = 0) -> None:

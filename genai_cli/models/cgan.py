@@ -26,10 +26,9 @@ class ConditionalGenerator(nn.Module):
             config.latent_dim + LABEL_EMBEDDING_DIM, config.channels, config.image_size, config.width, config.norm,
             num_classes=config.num_classes if config.class_norm else 0,
         )
-        self.class_norm = bool(config.class_norm)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.body(self.labels.concat(z, labels), labels if self.class_norm else None))
+        return torch.tanh(self.body(self.labels.concat(z, labels), labels))
 
 
 class ProjectionDiscriminator(nn.Module):

@@ -216,9 +216,8 @@ class Decoder(nn.Module):
         assert config.latent_dim and config.channels and config.image_size
         self.labels = LabelEmbedding(config.num_classes, LABEL_EMBEDDING_DIM) if config.num_classes else None
         in_dim = config.latent_dim + (LABEL_EMBEDDING_DIM if self.labels else 0)
-        self.class_norm = bool(config.class_norm)
         self.body = ConvGenerator(in_dim, config.channels, config.image_size, config.width, config.norm,
-                                  num_classes=config.num_classes if self.class_norm else 0)
+                                  num_classes=config.num_classes if config.class_norm else 0)
         self.prior = FittedPrior(config.latent_dim, config.num_classes, config.prior_components or 1) \
             if config.prior == "fitted" else None
         if config.likelihood == "gaussian":  # its pixels' variance, fitted when training ends; the bounds read it
@@ -227,7 +226,7 @@ class Decoder(nn.Module):
     def logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.labels is not None:
             z = self.labels.concat(z, labels)
-        return self.body(z, labels if self.class_norm else None)
+        return self.body(z, labels)
 
     def mean_image(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean image of the decoder at code z, mapped to [-1, 1] like the GANs' output."""
