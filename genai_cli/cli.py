@@ -164,6 +164,7 @@ def train(
     ema: Annotated[Optional[float], typer.Option(help="Decay of the generator's moving average, which samples and checkpoints use; 0 turns it off. \\[default: dcgan 0.9999, other GANs 0.999, VAEs 0]")] = None,
     augment: Annotated[Optional[str], choice(choices.AUGMENTS, "--augment", help="Differentiable augmentation (DiffAugment) of every image a GAN's discriminator sees, real and generated: random shifts of up to 1/8 of the side, a cutout of half the side, or both, so D memorises a small dataset less (on Fashion-MNIST's 60k images it made every GAN worse). \\[default: none]")] = None,
     r1: Annotated[Optional[float], typer.Option("--r1", metavar="GAMMA", help="Weight of the R1 penalty: D's squared gradient at real images (Mescheder et al. 2018), applied every 16th step as StyleGAN2 does; bce and hinge only. 0 turns it off. \\[default: dcgan and cgan 0.1, gan 1, pix2pix 0; 0 under --max-time of 5 min or less given alone]")] = None,
+    class_loss: Annotated[Optional[float], typer.Option("--class-loss", metavar="WEIGHT", help="cgan: weight of an auxiliary class loss (AC-GAN, Odena et al. 2017): D's projection, read as a classifier, learns the real images' classes, and G learns to make samples it reads as the asked class; bce and hinge only. 0 turns it off. \\[default: 0]")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help="Latent size. \\[default: 100 for GANs, 32 for VAEs]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square image side (28, 32, 64, ...). \\[default: the dataset's]")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1 (gray) or 3 (RGB). \\[default: the dataset's]")] = None,
@@ -200,7 +201,7 @@ def train(
         "model.prior_components": prior_components, "model.likelihood": likelihood, "model.class_norm": class_norm,
         "data.name": data, "data.data_dir": data_dir, "data.split": split, "data.pairs": pairs, "data.direction": direction,
         "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
-        "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.warmup": warmup, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.augment": augment, "train.r1": r1, "train.seed": seed,
+        "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.warmup": warmup, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.augment": augment, "train.r1": r1, "train.class_loss": class_loss, "train.seed": seed,
         "train.device": device, "train.log_every": log_every, "train.sample_every": sample_every,
         "train.save_every": save_every, "train.keep": keep,
     }

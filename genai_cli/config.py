@@ -17,8 +17,9 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 11  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
-# 8: model.likelihood and model.prior_components; 9: train.augment; 10: train.r1; 11: model.class_norm.
+SCHEMA_VERSION = 12  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
+# 8: model.likelihood and model.prior_components; 9: train.augment; 10: train.r1; 11: model.class_norm;
+# 12: train.class_loss.
 # Older configs load with what their runs did.
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
@@ -71,6 +72,7 @@ class TrainConfig:
     ema: float | None = None  # decay of the generator's moving average; 0 = off; family default
     augment: str = "none"  # DiffAugment's transforms of what a GAN's discriminator sees (genai_cli.augment)
     r1: float | None = None  # weight (gamma) of the R1 penalty on D's gradient at real images; 0 = off; family default
+    class_loss: float | None = None  # weight of the auxiliary class loss (cgan: its projection D read as a classifier); 0 = off
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
@@ -125,6 +127,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     9: (("train", "augment", "none"),),
     10: (("train", "r1", 0.0),),
     11: (("model", "class_norm", False),),
+    12: (("train", "class_loss", 0.0),),
 }
 
 
@@ -224,6 +227,7 @@ BOUNDS: dict[str, Bound] = {
     "--beta1": DECAY,
     "--ema": DECAY,
     "--r1": Bound(0, 1e4),  # published gammas run from 0.01 (CIFAR-10) to 100 (1024-px faces)
+    "--class-loss": Bound(0, 100),
     "--seed": Bound(*SEED_RANGE),
     "--log-every": COUNT,
     "--sample-every": COUNT,
@@ -268,7 +272,7 @@ def validate_model(model: ModelConfig, latent: bool = True) -> None:
 def validate_train(train: TrainConfig) -> None:
     """Reject flag values that cannot work, with the valid range in the message."""
     for flag in ("--batch-size", "--log-every", "--sample-every", "--save-every", "--lr", "--lr-d", "--lr-decay-start",
-                 "--warmup", "--beta1", "--ema", "--r1", "--seed"):
+                 "--warmup", "--beta1", "--ema", "--r1", "--class-loss", "--seed"):
         check_range(flag, getattr(train, flag[2:].replace("-", "_")))
     check_range("--steps", train.steps) if train.steps is not None else check_range("--epochs", train.epochs)
 

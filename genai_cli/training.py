@@ -139,6 +139,11 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     if train.r1 and not objective.takes_r1:
         raise UsageError(f"--r1 penalises a bce or hinge discriminator's gradient at real images; {objective.description} "
                          "has no such discriminator: drop --r1")
+    if train.class_loss and (spec.class_loss is None or not objective.takes_r1):
+        raise UsageError(f"--class-loss trains a conditional bce or hinge discriminator to classify; --model {spec.name} "
+                         f"with {objective.description} has none (cgan with bce or hinge has): drop --class-loss")
+    if train.class_loss is None:
+        train.class_loss = (spec.class_loss or 0.0) if objective.takes_r1 else 0.0
     if train.warmup and objective.warmup is None:
         raise UsageError(f"--warmup applies to objectives with a warm-up (pix2pix's L1 phase); {objective.description} "
                          "has none: drop --warmup")

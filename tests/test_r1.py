@@ -36,7 +36,7 @@ def test_r1_is_the_mean_squared_gradient_norm_of_d_at_the_real_images_only() -> 
     torch.manual_seed(0)
     d = QuadraticD(16)
     real, fake = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4)
-    d_real, d_fake, r1 = DiscriminatorPass(d)(real, fake, None, penalise=True)
+    d_real, d_fake, r1, _ = DiscriminatorPass(d)(real, fake, None, penalise=True)
     expected = (d.w + real.flatten(1)).pow(2).sum(1).mean()
     assert torch.allclose(r1, expected)
     assert torch.allclose(d_real, d(real, None)) and torch.allclose(d_fake, d(fake, None))
@@ -71,9 +71,9 @@ def test_the_run_penalises_its_steps_0_16_32_through_a_resume(bars_root: Path, t
     penalised: list[bool] = []
     forward = DiscriminatorPass.forward
 
-    def recording(self, real, fake, labels, penalise):
+    def recording(self, real, fake, labels, penalise, classify=False):
         penalised.append(penalise)
-        return forward(self, real, fake, labels, penalise)
+        return forward(self, real, fake, labels, penalise, classify)
 
     monkeypatch.setattr(DiscriminatorPass, "forward", recording)
     given = flags(bars_root, "cgan", **{"train.r1": 1.0})

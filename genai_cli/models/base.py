@@ -93,6 +93,7 @@ class ModelSpec:
     prior_components: int | None = None  # Gaussians in the fitted prior (per class for a conditional family)
     likelihood: str | None = None  # the decoder's p(x | z) (VAEs: genai_cli.models.vae.LIKELIHOODS)
     class_norm: bool | None = None  # labels set G's normalisations (models.blocks.ClassNorm); None: not available
+    class_loss: float | None = None  # weight of the auxiliary class loss (its D must classify: `classes=True`); None: not available
     # (longest --max-time budget, flag defaults for it): a run of a few minutes sees too few images for
     # the paper's recipe to get going, and learns faster with more, smaller steps (benchmarks/RESULTS.md)
     short_budget: tuple[float, dict[str, Any]] | None = None

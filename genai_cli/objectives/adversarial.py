@@ -48,15 +48,16 @@ class DiscriminatorPass(nn.Module):
         super().__init__()
         self.discriminator = discriminator
 
-    def forward(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None,
-                penalise: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None, penalise: bool,
+                classify: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(d_real, d_fake, R1 or None, with `classify` D's class logits of the real images or None)."""
         real = real.detach().requires_grad_(True) if penalise else real
-        d_real = self.discriminator(real, labels)
+        d_real, real_classes = self.discriminator(real, labels, classes=True) if classify else (self.discriminator(real, labels), None)
         d_fake = self.discriminator(fake, labels)
         if not penalise:
-            return d_real, d_fake, None
+            return d_real, d_fake, None, real_classes
         (grad,) = torch.autograd.grad(d_real.float().sum(), real, create_graph=True)
-        return d_real, d_fake, grad.float().pow(2).flatten(1).sum(1).mean()
+        return d_real, d_fake, grad.float().pow(2).flatten(1).sum(1).mean(), real_classes
 
 
 class AdversarialObjective:
@@ -70,7 +71,7 @@ class AdversarialObjective:
         assert train.lr is not None and train.beta1 is not None and train.r1 is not None
         betas = (train.beta1, train.beta2)
         self.model, self.device, self.loss, self.world = model, device, train.gan_loss, world
-        self.policy, self.r1 = train.augment, train.r1
+        self.policy, self.r1, self.class_loss = train.augment, train.r1, train.class_loss or 0.0
         self.ema = EMA(model.generator, train.ema) if train.ema else None
         # Under DDP, G and D's own update go through the wrappers that average gradients;
         # G's loss goes through the bare D, whose gradients nobody needs.
@@ -85,10 +86,14 @@ class AdversarialObjective:
         penalise = self.r1 > 0 and self.step_index % R1_INTERVAL == 0
         with autocast(self.device):
             fake = self.generator(z, labels)
-            d_real, d_fake, r1 = self.d_pass(self.augment(real), self.augment(fake.detach()), labels, penalise)
+            d_real, d_fake, r1, real_classes = self.d_pass(self.augment(real), self.augment(fake.detach()), labels,
+                                                           penalise, self.class_loss > 0)
         loss_d = self.d_loss(d_real.float(), d_fake.float())
+        # D learns the real images' classes, which G's class term is then judged by
+        class_d = None if real_classes is None else F.cross_entropy(real_classes.float(), labels)
         opt_d.zero_grad(set_to_none=True)
-        (loss_d if r1 is None else loss_d + self.r1 / 2 * R1_INTERVAL * r1).backward()
+        (loss_d + (0 if r1 is None else self.r1 / 2 * R1_INTERVAL * r1)
+         + (0 if class_d is None else self.class_loss * class_d)).backward()
         opt_d.step()
         loss_g = self.generator_step(fake, labels)
         losses = {
@@ -97,6 +102,8 @@ class AdversarialObjective:
             "d_real": torch.sigmoid(d_real.detach().float()).mean(),
             "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
         }
+        if class_d is not None:
+            losses["class_d"] = class_d.detach()  # D's cross-entropy on the real batch, unweighted
         return losses if r1 is None else {**losses, "r1": r1.detach()}  # measured on R1's steps only
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
@@ -114,8 +121,11 @@ class AdversarialObjective:
         d, opt_g = self.model.discriminator, self.optimizers["generator"]
         d.requires_grad_(False)
         with autocast(self.device):
-            d_fake = d(self.augment(fake), labels).float()
+            judged = d(self.augment(fake), labels, classes=True) if self.class_loss else (d(self.augment(fake), labels), None)
+        d_fake, fake_classes = judged[0].float(), judged[1]
         loss_g = self.g_loss(d_fake) if extra is None else self.g_loss(d_fake) + extra
+        if fake_classes is not None:  # samples D's classifier reads as the asked class (AC-GAN's G term)
+            loss_g = loss_g + self.class_loss * F.cross_entropy(fake_classes.float(), labels)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

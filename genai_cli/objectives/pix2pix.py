@@ -45,7 +45,7 @@ class Pix2PixObjective(AdversarialObjective):
         inputs, opt_d = labels, self.optimizers["discriminator"]
         with autocast(self.device):
             fake = self.generator(inputs)
-            d_real, d_fake, _ = self.d_pass(real, fake.detach(), inputs, False)
+            d_real, d_fake, _, _ = self.d_pass(real, fake.detach(), inputs, False)
         loss_d = 0.5 * self.d_loss(d_real.float(), d_fake.float())
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
