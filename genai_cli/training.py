@@ -139,6 +139,7 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     if train.r1 and not objective.takes_r1:
         raise UsageError(f"--r1 penalises a bce or hinge discriminator's gradient at real images; {objective.description} "
                          "has no such discriminator: drop --r1")
+    # takes_r1 marks a logit-loss D (bce, hinge): the one whose projection terms are class logits
     if train.class_loss and (spec.class_loss is None or not objective.takes_r1):
         raise UsageError(f"--class-loss trains a conditional bce or hinge discriminator to classify; --model {spec.name} "
                          f"with {objective.description} has none (cgan with bce or hinge has): drop --class-loss")

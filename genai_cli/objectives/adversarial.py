@@ -37,6 +37,14 @@ COLLAPSE = Health("loss_d", 0.01, 500, "discriminator collapse",
 R1_INTERVAL = 16
 
 
+def judge(discriminator: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
+          classify: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """D's logits for `images` and, when `classify`, its class logits (a cgan's projection D; else None)."""
+    if classify:
+        return discriminator(images, labels, classes=True)
+    return discriminator(images, labels), None
+
+
 class DiscriminatorPass(nn.Module):
     """D's logits for a real and a generated batch, each batch on its own (BatchNorm's statistics
     stay per batch) and, when asked, R1: the real images' mean squared gradient norm (Mescheder
@@ -52,7 +60,7 @@ class DiscriminatorPass(nn.Module):
                 classify: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(d_real, d_fake, R1 or None, with `classify` D's class logits of the real images or None)."""
         real = real.detach().requires_grad_(True) if penalise else real
-        d_real, real_classes = self.discriminator(real, labels, classes=True) if classify else (self.discriminator(real, labels), None)
+        d_real, real_classes = judge(self.discriminator, real, labels, classify)
         d_fake = self.discriminator(fake, labels)
         if not penalise:
             return d_real, d_fake, None, real_classes
@@ -68,10 +76,10 @@ class AdversarialObjective:
     step_index = 0  # the run's step, set by the loop before each update: R1's cadence
 
     def __init__(self, model: AdversarialModel, train: TrainConfig, device: torch.device, world: World) -> None:
-        assert train.lr is not None and train.beta1 is not None and train.r1 is not None
+        assert train.lr is not None and train.beta1 is not None and train.r1 is not None and train.class_loss is not None
         betas = (train.beta1, train.beta2)
         self.model, self.device, self.loss, self.world = model, device, train.gan_loss, world
-        self.policy, self.r1, self.class_loss = train.augment, train.r1, train.class_loss or 0.0
+        self.policy, self.r1, self.class_loss = train.augment, train.r1, train.class_loss
         self.ema = EMA(model.generator, train.ema) if train.ema else None
         # Under DDP, G and D's own update go through the wrappers that average gradients;
         # G's loss goes through the bare D, whose gradients nobody needs.
@@ -121,9 +129,8 @@ class AdversarialObjective:
         d, opt_g = self.model.discriminator, self.optimizers["generator"]
         d.requires_grad_(False)
         with autocast(self.device):
-            judged = d(self.augment(fake), labels, classes=True) if self.class_loss else (d(self.augment(fake), labels), None)
-        d_fake, fake_classes = judged[0].float(), judged[1]
-        loss_g = self.g_loss(d_fake) if extra is None else self.g_loss(d_fake) + extra
+            d_fake, fake_classes = judge(d, self.augment(fake), labels, self.class_loss > 0)
+        loss_g = self.g_loss(d_fake.float()) + (0 if extra is None else extra)
         if fake_classes is not None:  # samples D's classifier reads as the asked class (AC-GAN's G term)
             loss_g = loss_g + self.class_loss * F.cross_entropy(fake_classes.float(), labels)
         opt_g.zero_grad(set_to_none=True)
