@@ -217,7 +217,8 @@ def train(
 
             processes = 1 if nproc_per_node is None else nproc_per_node
             command = distributed.torchrun_command(distributed.strip_launch_flags(sys.argv[2:]), processes, nnodes, rdzv_endpoint)
-            training.resolve(flags, resume, distributed.launch_world(processes, nnodes), seconds)  # every value checked before torchrun starts
+            with console.info_held_back():  # every value checked before torchrun starts; rank 0 logs what it loads
+                training.resolve(flags, resume, distributed.launch_world(processes, nnodes), seconds)
             raise typer.Exit(distributed.launch(command, processes))
         if dry_run:
             console.emit_text(training.resolve(flags, resume, max_time=seconds).to_json(indent=2))

@@ -28,6 +28,18 @@ def configure(quiet: bool = False) -> None:
     _quiet = quiet
 
 
+@contextmanager
+def info_held_back() -> Iterator[None]:
+    """Informational logs dropped for a while: the torchrun launcher's check of the flags loads what
+    rank 0 loads again, and rank 0 says it."""
+    global _quiet
+    was, _quiet = _quiet, True
+    try:
+        yield
+    finally:
+        _quiet = was
+
+
 def printable(text: object) -> str:
     """`text` with control characters and lone surrogates escaped: strings from files (class names,
     paths, metadata) go into one-line messages and terminal output, and must not add lines or

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -92,6 +93,10 @@ def wrap(module: nn.Module, world: World, device: torch.device) -> nn.Module:
     """DDP averages gradients across ranks during backward; a no-op for one process."""
     if not world.distributed or not any(p.requires_grad for p in module.parameters()):
         return module
+    # R1's double backward hands the first conv's weight (one input channel) a grad whose strides
+    # differ from its channels-last ones only on the size-1 dim: the same memory order, so DDP copies
+    # a few floats per step; its warning about it is noise on the user's stderr (pytorch/pytorch#47163).
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
