@@ -56,8 +56,9 @@ def test_d_learns_the_real_batchs_classes_and_g_its_samples_classes(bars_root: P
     assert "class_d" not in plain.step(real, labels)
 
 
-def test_class_loss_is_off_by_default_and_refused_where_d_does_not_classify(bars_root: Path) -> None:  # noqa: F811
-    assert training.resolve(flags(bars_root, "cgan")).train.class_loss == 0.0
+def test_class_loss_is_on_by_default_for_the_cgan_and_refused_where_d_does_not_classify(bars_root: Path) -> None:  # noqa: F811
+    assert training.resolve(flags(bars_root, "cgan")).train.class_loss == 0.03
+    assert training.resolve(flags(bars_root, "cgan", **{"train.gan_loss": "hinge"})).train.class_loss == 0.03
     assert training.resolve(flags(bars_root, "cgan", **{"train.class_loss": 0.5})).train.class_loss == 0.5
     assert training.resolve(flags(bars_root, "cgan", **{"train.gan_loss": "wgan-gp"})).train.class_loss == 0.0
     for family, loss in (("dcgan", "bce"), ("cvae", "bce"), ("cgan", "wgan-gp")):
@@ -68,9 +69,10 @@ def test_class_loss_is_off_by_default_and_refused_where_d_does_not_classify(bars
 
 
 def test_a_cgan_from_before_schema_12_resumes_without_the_class_loss(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    run = Path(training.train(flags(bars_root, "cgan", **{"train.steps": 2}), out=str(tmp_path / "r")).run_dir)
+    older = {"train.steps": 2, "train.class_loss": 0.0}  # as a cGAN trained before the term existed
+    run = Path(training.train(flags(bars_root, "cgan", **older), out=str(tmp_path / "r")).run_dir)
     as_older_schema(run, 11, "train", "class_loss")
     assert ckpt.load_training_state(run).checkpoint.config.train.class_loss == 0.0
     assert training.train({"train.steps": 4}, resume=str(run)).step == 4
     assert ckpt.load_training_state(run).checkpoint.config.train.class_loss == 0.0
-    assert not any("class_d" in row for row in metrics(run))  # it trained on as it began: without the term
+    assert not any("class_d" in row for row in metrics(run))  # it trained on as it began, not with today's default
