@@ -66,9 +66,9 @@ SPEC = ModelSpec(
     # Labels in every BatchNorm of G, not only at its input: at 5 epochs classifier FID 25.4 against
     # 38.2; over the hour 2.49 against 2.81, Protocol A level (11.82 against 11.74; benchmarks/RESULTS.md).
     class_norm=True,
-    # AC-GAN's class terms trade coverage for class fidelity. Over the hour, weight 0.03 had every class
-    # judged right as often as real images (Coat 0.93 without) for classifier FID 2.67 against 2.49;
-    # 0.1 cost more (4.08; Protocol A 12.65 against 11.82). At 5 epochs 0.03 improves every measure.
+    # AC-GAN's class terms trade coverage for class fidelity. Over the hour weight 0.03 had every class
+    # judged right as often as real images (Coat 0.93 without) and Protocol A 11.65 against 11.82, for
+    # classifier FID 2.67 against 2.49; 0.1 cost more (4.08, Protocol A 12.65; benchmarks/RESULTS.md).
     class_loss=0.03,
     # R1 was measured over the hour only: a few minutes' run trains as it was measured, without it.
     # The DCGAN's faster steps (batch 32, lr 2e-3) win at a few minutes' images (5 minutes, one
