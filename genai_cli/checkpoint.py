@@ -39,6 +39,7 @@ from genai_cli.fileio import atomic_write, require_regular_file
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 CONFIG_FILE = "config.json"
+STATE_SECTIONS = ("model", "optim", "rng")  # a training state's own tensors; every other prefix names a companion
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # real headers are a few KB; refuse to allocate absurd ones
 ROLE_MODEL, ROLE_STATE = "model", "training-state"
 KEPT_KEY = "genai.kept"  # a model file's metadata under `train --keep best`: the judge's score of the model it holds
@@ -274,10 +275,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_training_state(
     path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-    config: Config, step: int, epoch: int, device: str, ema: torch.nn.Module | None = None,
+    config: Config, step: int, epoch: int, device: str, companions: dict[str, torch.nn.Module] | None = None,
 ) -> None:
+    """The model, the optimisers, the RNGs and the modules training keeps beside the model (`companions`:
+    the moving average, a cvae's classifier), each companion's weights under its name."""
     tensors = {f"model.{k}": v for k, v in weights_of(model).items()}
-    tensors |= {f"ema.{k}": v for k, v in weights_of(ema).items()} if ema is not None else {}
+    for name, module in (companions or {}).items():
+        assert name not in STATE_SECTIONS, name
+        tensors |= {f"{name}.{k}": v for k, v in weights_of(module).items()}
     extra = {
         "optimizers": flatten_state({k: o.state_dict() for k, o in optimizers.items()}, "optim", tensors),
         "rng": flatten_state(rng_state(), "rng", tensors),
@@ -291,7 +296,7 @@ def save_training_state(
 class TrainingState:
     checkpoint: Checkpoint
     model_weights: dict[str, torch.Tensor]
-    ema_weights: dict[str, torch.Tensor]  # empty when the run keeps no moving average
+    companions: dict[str, dict[str, torch.Tensor]]  # name -> weights (the moving average under "ema"), as saved
     optimizers: dict[str, Any]
     rng: dict[str, Any]
 
@@ -307,9 +312,12 @@ def load_training_state(run_dir: Path) -> TrainingState:
         rng = unflatten_state(extra["rng"], ckpt.tensors)
     except (KeyError, TypeError, ValueError, RecursionError) as err:
         raise CheckpointError(f"{path} has unreadable training state ({printable(err)}); the file was edited or damaged: use an intact checkpoint") from err
-    weights = {k.removeprefix("model."): v for k, v in ckpt.tensors.items() if k.startswith("model.")}
-    ema = {k.removeprefix("ema."): v for k, v in ckpt.tensors.items() if k.startswith("ema.")}
-    return TrainingState(ckpt, weights, ema, optimizers, rng)
+    sections: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in ckpt.tensors.items():
+        section, _, name = key.partition(".")
+        sections.setdefault(section, {})[name] = value
+    companions = {k: v for k, v in sections.items() if k not in STATE_SECTIONS}
+    return TrainingState(ckpt, sections.get("model", {}), companions, optimizers, rng)
 
 
 # ---------------------------------------------------------------- rebuilding

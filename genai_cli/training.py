@@ -139,12 +139,11 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
     if train.r1 and not objective.takes_r1:
         raise UsageError(f"--r1 penalises a bce or hinge discriminator's gradient at real images; {objective.description} "
                          "has no such discriminator: drop --r1")
-    # takes_r1 marks a logit-loss D (bce, hinge): the one whose projection terms are class logits
-    if train.class_loss and (spec.class_loss is None or not objective.takes_r1):
-        raise UsageError(f"--class-loss trains a conditional bce or hinge discriminator to classify; --model {spec.name} "
-                         f"with {objective.description} has none (cgan with bce or hinge has): drop --class-loss")
+    if train.class_loss and (spec.class_loss is None or not objective.takes_class_loss):
+        raise UsageError(f"--class-loss teaches a conditional model's samples their class (cgan with bce or hinge, cvae); "
+                         f"--model {spec.name} with {objective.description} has none: drop --class-loss")
     if train.class_loss is None:
-        train.class_loss = (spec.class_loss or 0.0) if objective.takes_r1 else 0.0
+        train.class_loss = (spec.class_loss or 0.0) if objective.takes_class_loss else 0.0
     if train.warmup and objective.warmup is None:
         raise UsageError(f"--warmup applies to objectives with a warm-up (pix2pix's L1 phase); {objective.description} "
                          "has none: drop --warmup")
@@ -330,14 +329,13 @@ class Session:
         self.saved_step = self.step
         if not self.world.is_main:
             return model_path
-        ema = self.objective.ema.shadow if self.objective.ema else None
         judging = self.judge is not None
         # The model users would sample: first, so the two files are written back to back; under --keep best
         # only at a checkpoint that is judged, as no other may replace the kept model.
         sampled = self.objective.sampling_model(self.source) if not judging or ends_run or self.judging_due() else None
         score = self.judge_samples(sampled) if judging and sampled is not None else None
         ckpt.save_training_state(self.run_dir / ckpt.STATE_FILE, self.model, self.objective.optimizers,
-                                 self.config, self.step, epoch, str(self.device), ema)
+                                 self.config, self.step, epoch, str(self.device), companions(self.objective))
         if sampled is not None and (score is None or score < self.kept_score):
             extra = selection.kept_metadata(score) if score is not None else {}
             ckpt.save_model(model_path, sampled, self.config, self.step, epoch, str(self.device), extra)
@@ -507,9 +505,15 @@ def restore(model: GenerativeModel, objective: Objective, state: ckpt.TrainingSt
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{state.checkpoint.path} holds a damaged optimiser or RNG state ({type(err).__name__}); "
                               "it cannot be resumed: start a new run, or sample from its model.safetensors") from err
+    for name, module in companions(objective).items():
+        ckpt.load_weights_into(module, state.companions.get(name, {}), state.checkpoint.path)
     if objective.ema is not None:
-        ckpt.load_weights_into(objective.ema.shadow, state.ema_weights, state.checkpoint.path)
         objective.ema.updates = state.checkpoint.step  # one update per step
+
+
+def companions(objective: Objective) -> dict[str, torch.nn.Module]:
+    """What the training state keeps beside the model: the moving average, and the objective's own modules."""
+    return ({"ema": objective.ema.shadow} if objective.ema is not None else {}) | objective.companions
 
 
 def match_layouts(optimizer: torch.optim.Optimizer) -> None:

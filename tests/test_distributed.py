@@ -68,6 +68,19 @@ def test_two_processes_train_the_same_vae_as_one_and_resume_across_counts(tmp_pa
     assert_same_weights(tmp_path / "one", tmp_path / "two")
 
 
+def test_two_processes_train_the_same_cvae_with_its_class_loss_as_one(tmp_path: Path) -> None:
+    """The classifier beside the cvae syncs through its own DDP wrapper, and the decoder's class term
+    through the ELBO's: the decoder (which that term trains) and the classifier end alike."""
+    make_idx_dataset(tmp_path / "data", n_train=256)
+    args = [*(("cvae" if a == "vae" else a) for a in TINY_VAE), "--data-dir", str(tmp_path / "data"), "--steps", "3", "--class-loss", "5"]
+    genai_train(*args, "--out", str(tmp_path / "one"))
+    genai_train(*args, "--out", str(tmp_path / "two"), "--nproc-per-node", "2")
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+    one, two = (ckpt.load_training_state(tmp_path / run).companions["classifier"] for run in ("one", "two"))
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
 def test_two_processes_train_the_same_dcgan_with_r1_as_one(tmp_path: Path) -> None:
     """R1's double backward goes through DDP (DiscriminatorPass): step 0 penalises, step 1 does not;
     its channels-last first-conv grad strides raise no DDP warning on the user's stderr."""

@@ -145,3 +145,16 @@ class LabelEmbedding(nn.Module):
 
     def concat(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.cat([z, self.embed(labels)], dim=1)
+
+
+class ConvClassifier(nn.Module):
+    """Image -> class logits: the DCGAN feature stack, unnormalised (it also reads batches of generated
+    images, whose statistics BatchNorm would fold in), and one linear layer."""
+
+    def __init__(self, channels: int, image_size: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = ConvEncoder(channels, image_size, width, "none")
+        self.head = nn.Linear(self.features.out_channels * self.features.out_size**2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))

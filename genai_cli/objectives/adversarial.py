@@ -81,6 +81,7 @@ class AdversarialObjective:
         self.model, self.device, self.loss, self.world = model, device, train.gan_loss, world
         self.policy, self.r1, self.class_loss = train.augment, train.r1, train.class_loss
         self.ema = EMA(model.generator, train.ema) if train.ema else None
+        self.companions: dict[str, nn.Module] = {}  # its class loss reads D, which the model holds
         # Under DDP, G and D's own update go through the wrappers that average gradients;
         # G's loss goes through the bare D, whose gradients nobody needs.
         self.generator = wrap(model.generator, world, device)
@@ -179,6 +180,6 @@ class AdversarialObjective:
 
 
 BCE = ObjectiveSpec("gan-bce", AdversarialModel, "bce", "bce (non-saturating)", AdversarialObjective, judged=True,
-                    augments=True, takes_r1=True)
+                    augments=True, takes_r1=True, takes_class_loss=True)
 HINGE = ObjectiveSpec("gan-hinge", AdversarialModel, "hinge", "hinge", AdversarialObjective, judged=True, augments=True,
-                      takes_r1=True)
+                      takes_r1=True, takes_class_loss=True)

@@ -1,7 +1,7 @@
 """Where a family's training plugs in: the `Objective` protocol, and the pieces objectives share.
 
 The training loop, checkpoints and run directory ask an objective, never a model's type or a
-loss's name: what one step does, which optimisers and moving average it keeps (saved and
+loss's name: what one step does, which optimisers, moving average and companion modules it keeps (saved and
 restored by name), which model users sample, what the run's sample grids show, which losses are
 plotted, which loss signals that training has stopped learning, and which pictures it adds to the run. A step takes a batch of
 real images in [-1, 1] (and labels) and returns its losses as detached device tensors; the loop
@@ -49,6 +49,7 @@ class Objective(Protocol):
     optimizers: dict[str, torch.optim.Optimizer]  # saved and restored under these names
     base_lrs: dict[str, float]  # per optimiser; the loop scales them by the schedule before every step
     ema: EMA | None  # the moving average users sample, checkpointed with the run
+    companions: dict[str, torch.nn.Module]  # modules only training uses (a cvae's classifier), checkpointed by name
     loss_keys: tuple[str, ...]  # the losses loss.svg and the report plot, in this order
     health: Health | None  # the loss that says training has stopped learning, if there is one
     step_index: int  # the run's step, set by the loop before each update (for a step that varies with it)
@@ -107,6 +108,9 @@ class ObjectiveSpec:
     # Its D step takes `--r1`: a logit-loss D, whose gradient at real images nothing else bounds (WGAN-GP has a
     # penalty of its own; pix2pix's D judges pairs).
     takes_r1: bool = False
+    # Its step takes `--class-loss` for a family that has one (ModelSpec.class_loss): a logit-loss D reads its
+    # projection as a classifier (cgan); the ELBO trains a classifier beside the decoder (cvae).
+    takes_class_loss: bool = False
 
     @property
     def loss_keys(self) -> tuple[str, ...]:

@@ -6,6 +6,11 @@ doubt. A Gaussian with one variance shared by all pixels, set to the batch's mea
 maximum-likelihood value: the sigma-VAE of Rybkin et al. 2021, the learned variance of Dai & Wipf
 2019), weighs reconstruction as much as the data allow: on Fashion-MNIST its reconstructions are
 sharp, with classifier FID 16 against 40 (benchmarks/RESULTS.md, VAE likelihood).
+
+A cvae's `--class-loss` adds a classifier, trained beside it and kept with the training state: it
+learns the real images' classes and a last class for images the decoder makes from N(0, I) codes,
+and the decoder learns to make images it reads as the asked class (the class-conditional VAE-GAN of
+Bao et al. 2017, its discriminator and classifier in one network as in Salimans et al. 2016).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import nn
 from genai_cli import images as imgs
 from genai_cli.distributed import global_slice, mean_over_ranks, wrap
 from genai_cli.models import GenerativeModel, VariationalModel
+from genai_cli.models.blocks import ConvClassifier
 from genai_cli.models.vae import EM_CODES
 from genai_cli.objectives.base import Health, Losses, ObjectiveSpec, SampleGrid, adam, noise_grid
 from genai_cli.runtime import autocast
@@ -38,6 +44,7 @@ EM_SHARE = 0.02
 # The passes read at most FINISH_SHARE of a budget's worth of images: the cvae's 60,000 took a quarter of
 # a one-minute budget. Never fewer than FINISH_MIN_CODES per table, so EM has codes for every component.
 FINISH_SHARE, FINISH_MIN_CODES = 0.1, 1_000
+CLASSIFIER_BETAS = (0.5, 0.999)  # a cvae's classifier is the decoder's adversary: a GAN discriminator's Adam (Radford et al.)
 
 
 class ELBOTerms(nn.Module):
@@ -50,14 +57,16 @@ class ELBOTerms(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, real: torch.Tensor, labels: torch.Tensor | None, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, real: torch.Tensor, labels: torch.Tensor | None, eps: torch.Tensor,
+                drawn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(reconstruction error, KL, and with `drawn` codes their decoded mean images under `labels`)."""
         mu, logvar = self.model.encoder(real, labels)
         z = mu + eps * torch.exp(0.5 * logvar)
         logits = self.model.decode_logits(z, labels).float()
         recon = reconstruction_error(self.model.config.likelihood, logits, (real.float() + 1) / 2)
         n = real.shape[0]
         kl = -0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp()) / n
-        return recon, kl
+        return recon, kl, None if drawn is None else self.model.decoder.mean_image(drawn, labels)
 
 
 class ELBOObjective:
@@ -72,6 +81,14 @@ class ELBOObjective:
         self.base_lrs = {"model": train.lr}
         self.optimizers = {"model": adam(model.parameters(), train.lr, (train.beta1, train.beta2), device)}
         self.ema = None
+        self.class_loss = train.class_loss or 0.0
+        self.classifier = class_companion(model, device) if self.class_loss else None
+        self.companions: dict[str, nn.Module] = {}
+        if self.classifier is not None:
+            self.companions["classifier"] = self.classifier
+            self.classify = wrap(self.classifier, world, device)
+            self.base_lrs["classifier"] = train.lr
+            self.optimizers["classifier"] = adam(self.classifier.parameters(), train.lr, CLASSIFIER_BETAS, device)
         self.finish_images: int | None = None  # a --max-time plan's cap on the images `finish` reads
 
     def sampling_model(self, source: ImageSource) -> GenerativeModel:
@@ -135,18 +152,47 @@ class ELBOObjective:
         return {"reconstructions.png": imgs.png_bytes(imgs.grid(torch.cat([images, recon]), per_row))}
 
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
-        n, latent = real.shape[0], self.model.latent_dim
-        eps = global_slice(torch.randn(n * self.world.size, latent, device=real.device), self.world)
+        eps = self.noise(real)
+        drawn = self.noise(real) if self.classifier is not None else None
         with autocast(self.device):
-            recon, kl = self.terms(real, labels, eps)
+            recon, kl, decoded = self.terms(real, labels, eps, drawn)
         if self.model.config.likelihood == "gaussian":
             recon = gaussian_reconstruction(recon, real[0].numel(), self.world)
-        loss = recon + self.model.config.beta * kl
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
+        loss = recon + self.model.config.beta * kl  # the negative ELBO, what "loss" reports
+        losses = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
+        total = loss
+        if decoded is not None:
+            assert labels is not None
+            loss_c, class_drawn = self.class_terms(real, decoded, labels)
+            total = total + loss_c + self.class_loss * class_drawn
+            losses |= {"loss_c": loss_c.detach(), "class_drawn": class_drawn.detach()}
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in self.optimizers.values():
+            opt.step()
+        return losses
+
+    def noise(self, real: torch.Tensor) -> torch.Tensor:
+        """N(0, I) codes for this rank's batch: its slice of one global draw, so every rank's stream stays alike."""
+        n = real.shape[0] * self.world.size
+        return global_slice(torch.randn(n, self.model.latent_dim, device=real.device), self.world)
+
+    def class_terms(self, real: torch.Tensor, decoded: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's loss, its cross-entropy on the real batch's classes and on the decoded images as
+        its last class, "decoded"; and the decoder's term, the cross-entropy of the asked classes on the
+        decoded images, read by the bare classifier (whose weights it does not train, as a GAN's G
+        learns through D). A semi-supervised GAN's discriminator (Salimans et al. 2016): the decoder is
+        pushed toward images of the asked class and away from what gives decoded ones away, the blur."""
+        assert self.classifier is not None
+        decoded_class = torch.full_like(labels, self.model.config.num_classes)
+        with autocast(self.device):
+            logits = self.classify(torch.cat([real, decoded.detach()]))  # one pass: DDP syncs it once
+            self.classifier.requires_grad_(False)
+            drawn_logits = self.classifier(decoded)
+            self.classifier.requires_grad_(True)
+        loss_c = F.cross_entropy(logits.float(), torch.cat([labels, decoded_class]))
+        return loss_c, F.cross_entropy(drawn_logits.float(), labels)
 
 
 @torch.no_grad()
@@ -206,7 +252,14 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torc
     return log_high + torch.log(-torch.expm1(log_low - log_high))
 
 
-SPEC = ObjectiveSpec("elbo", VariationalModel, None, "negative ELBO", ELBOObjective)
+def class_companion(model: VariationalModel, device: torch.device) -> nn.Module:
+    """The classifier a cvae's class loss trains beside it, as wide as its encoder: the classes and "decoded"."""
+    config = model.config
+    assert config.channels and config.image_size and config.num_classes
+    return ConvClassifier(config.channels, config.image_size, config.width, config.num_classes + 1).to(device)
+
+
+SPEC = ObjectiveSpec("elbo", VariationalModel, None, "negative ELBO", ELBOObjective, takes_class_loss=True)
 
 
 @torch.no_grad()
