@@ -278,9 +278,10 @@ CONDITIONAL_SPEC = ModelSpec(
     # Labels in every BatchNorm of the decoder: the short recipe's worst class 0.73 against 0.64, but over
     # the hour 0.79 against 0.83 (FID 9.21 against 9.35), so off by default (benchmarks/RESULTS.md).
     class_norm=False,
-    # A classifier beside it, which also learns to tell decoded images, sharpens them (objectives.elbo). In 5
-    # minutes, at a third of the images a second: classifier FID 10.8 against 14.6, worst class judged right
-    # 0.85 as often as real images against 0.72; weight 30 gave 12.7 and 0.82, 3 gave 10.2 and 0.83.
+    # A classifier beside it, which also learns to tell decoded images, sharpens them (objectives.elbo). At a
+    # third of the images a second, in 5 minutes: classifier FID 10.8 against 14.6, worst class judged right
+    # 0.85 as often as real images against 0.72 (weight 30: 12.7 and 0.82; 3: 10.2 and 0.83); over the hour
+    # 8.36 against 9.35 and 0.90 against 0.83, at the same NLL (benchmarks/RESULTS.md).
     class_loss=10.0,
     shape=VariationalModel,
     short_budget=SHORT_BUDGET,
