@@ -48,9 +48,10 @@ CLASSIFIER_BETAS = (0.5, 0.999)  # a cvae's classifier is the decoder's adversar
 
 
 class ELBOTerms(nn.Module):
-    """Per-batch reconstruction error (`reconstruction_error`) and mean KL to N(0, I).
+    """Per-batch reconstruction error (`reconstruction_error`) and mean KL to N(0, I), and for a cvae's
+    class loss the decoder's images of drawn codes.
 
-    A module, so that DDP can wrap the whole encoder-decoder pass in one forward call.
+    A module, so that DDP can wrap every encoder and decoder pass of a step in one forward call.
     """
 
     def __init__(self, model: VariationalModel) -> None:
