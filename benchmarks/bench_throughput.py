@@ -9,8 +9,9 @@ per-step .item() reads the example prints -- and (b) genai's engine: `objective.
 genai's model registry from one ModelConfig and one seed, on the same images. The example's
 Sigmoid + BCELoss is written as BCEWithLogitsLoss on D's logits (the same loss, stably), and
 genai runs with `--ema 0 --r1 0` (its DCGAN defaults keep a moving average of G and add R1
-every 16th step, work the example does not do), so both perform the same update. On CUDA genai trains under bf16 autocast, its
-default, and the reference keeps the example's cudnn.benchmark = True.
+every 16th step, work the example does not do), so both perform the same update. On CUDA and on CPUs with native
+bf16 (AVX512-BF16, AMX) genai trains under bf16 autocast, its default (--precision fp32: float32, the
+reference's arithmetic), and the reference keeps the example's cudnn.benchmark = True.
 
 Rows: 28x28x1 (Fashion-MNIST when found, else random images), 32x32x3 and 64x64x3 (random
 RGB images: torchvision's FakeData for the reference -- the example's --dataset fake -- and
@@ -24,7 +25,7 @@ memory (RSS; CUDA allocator peak per loop when on a GPU). A readable table goes 
 and exactly one JSON object to stdout.
 
     python benchmarks/bench_throughput.py [--quick] [--sizes 28,32,64] [--batches 64,128]
-        [--rounds 5] [--steps N] [--workers 2] [--width 64] [--random-data]
+        [--rounds 5] [--steps N] [--workers 2] [--width 64] [--precision bf16|fp32] [--random-data]
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ def matmul_gflops(n: int, device: torch.device, repeats: int) -> float:
 def compare(row: Row, data: RowData, args: argparse.Namespace, steps: int) -> dict[str, Any]:
     """Both loops on one row: FLOPs, warm-up, then alternating timed rounds (reference first)."""
     flags = {"model.kind": "dcgan", "model.image_size": row.size, "model.channels": row.channels,
-             "model.width": args.width, "train.batch_size": row.batch, "train.ema": 0.0, "train.r1": 0.0, **data.flags}
+             "model.width": args.width, "train.batch_size": row.batch, "train.ema": 0.0, "train.r1": 0.0,
+             "train.precision": args.precision, **data.flags}
     plan = training.plan_run(flags, None)
     seed_everything(plan.config.train.seed)  # genai_loop seeds alike: both start from the same weights
     reference_model = plan.spec.build(plan.config.model).to(plan.device)
@@ -282,7 +284,7 @@ def compare(row: Row, data: RowData, args: argparse.Namespace, steps: int) -> di
             rounds[name].append(images_per_sec(run, steps))
             peaks[name].append(cuda_peak_mib(plan.device))
     result: dict[str, Any] = {"shape": row.shape, "size": row.size, "channels": row.channels, "batch": row.batch,
-                              "width": args.width, "data": data.name, "steps": steps,
+                              "width": args.width, "data": data.name, "steps": steps, "precision": plan.config.train.precision,
                               "examples_default": row.examples_default}
     for name in loops:
         cuda = [p for p in peaks[name] if p is not None]
@@ -360,6 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="the reference's DataLoader workers (the example's default)")
     parser.add_argument("--width", type=int, default=64, help="ngf = ndf")
     parser.add_argument("--matmul-size", type=int, default=None, help="default 2048 (8192 on CUDA)")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="genai's (default: its own choice for the device)")
     parser.add_argument("--random-data", action="store_true", help="random images at 28x28 even where Fashion-MNIST is")
     args = parser.parse_args(argv)
     if args.quick:

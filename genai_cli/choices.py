@@ -23,4 +23,5 @@ EXPORT_FORMATS = ("onnx", "pt2", "safetensors")  # genai_cli.export.FORMATS
 DTYPES = ("float32", "float16", "bfloat16")  # genai_cli.export.DTYPES
 AUGMENTS = ("none", "translation", "cutout", "translation,cutout")  # genai_cli.augment.POLICIES
 KEEPS = ("best", "last")  # genai_cli.selection.KEEPS: what `train --keep` leaves in model.safetensors
+PRECISIONS = ("bf16", "fp32")  # genai_cli.runtime.PRECISIONS
 DEVICES = ("auto", "cpu", "cuda", "mps")  # genai_cli.runtime.DEVICE_CHOICES; cuda:N is accepted too

@@ -177,6 +177,7 @@ def train(
     norm: Annotated[Optional[str], choice(choices.NORMS, "--norm", help=f"Normalisation layers: batch, group (independent of how processes split a batch) or none. \\[default: {_M.norm}]")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed for weights, batches and noise. \\[default: {_T.seed}]")] = None,
     device: Device = None,
+    precision: Annotated[Optional[str], choice(choices.PRECISIONS, "--precision", help="bf16: mixed precision (convolutions and matmuls in bfloat16, the rest float32); fp32: float32 throughout. \\[default: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), else fp32]")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="DIR", help="Run directory. \\[default: runs/<model>-<data>-NNN]")] = None,
     resume: Annotated[Optional[str], typer.Option(metavar="RUN", help="Continue the run in this directory exactly where it stopped.")] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between log lines. \\[default: {_T.log_every}]")] = None,
@@ -201,7 +202,7 @@ def train(
         "model.prior_components": prior_components, "model.likelihood": likelihood, "model.class_norm": class_norm,
         "data.name": data, "data.data_dir": data_dir, "data.split": split, "data.pairs": pairs, "data.direction": direction,
         "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
-        "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.warmup": warmup, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.augment": augment, "train.r1": r1, "train.class_loss": class_loss, "train.seed": seed,
+        "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.warmup": warmup, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.augment": augment, "train.r1": r1, "train.class_loss": class_loss, "train.seed": seed, "train.precision": precision,
         "train.device": device, "train.log_every": log_every, "train.sample_every": sample_every,
         "train.save_every": save_every, "train.keep": keep,
     }

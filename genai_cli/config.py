@@ -17,10 +17,10 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 12  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
+SCHEMA_VERSION = 13  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
 # 8: model.likelihood and model.prior_components; 9: train.augment; 10: train.r1; 11: model.class_norm;
-# 12: train.class_loss.
-# Older configs load with what their runs did.
+# 12: train.class_loss; 13: train.precision.
+# Older configs load with what their runs did (precision aside: see UPGRADES).
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
 SEED_RANGE = (0, 2**64 - 1)
@@ -75,6 +75,7 @@ class TrainConfig:
     class_loss: float | None = None  # weight of the auxiliary class loss (cgan: its projection D read as a classifier); 0 = off
     seed: int = 0
     device: str = "auto"
+    precision: str | None = None  # "bf16" (mixed) or "fp32"; None: bf16 where the device computes it natively, fixed at plan
     log_every: int = 50
     sample_every: int = 500
     save_every: int = 1000
@@ -128,6 +129,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     10: (("train", "r1", 0.0),),
     11: (("model", "class_norm", False),),
     12: (("train", "class_loss", 0.0),),
+    13: (("train", "precision", None),),  # bf16 had been CUDA's only, so older runs choose again where they resume
 }
 
 

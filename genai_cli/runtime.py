@@ -12,6 +12,7 @@ import torch
 from genai_cli.errors import UsageError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("bf16", "fp32")  # bf16: mixed precision (matmuls and convolutions in bfloat16); fp32: float32 throughout
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -53,10 +54,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast(device: torch.device) -> AbstractContextManager:
-    """bf16 autocast on CUDA only; CPU and MPS train in float32 (losses take logits, so this is safe)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def resolve_precision(requested: str | None, device: torch.device) -> str:
+    """--precision, or where none is given bf16 wherever the device computes it natively: CUDA, and CPUs
+    with AVX512-BF16 or AMX (1.2-1.5x the images/s of float32 on 2 such cores, every family: benchmarks/RESULTS.md);
+    float32 elsewhere, where bfloat16 is emulated and slower (and on MPS)."""
+    if requested is None:
+        return "bf16" if device.type == "cuda" or (device.type == "cpu" and _native_cpu_bf16()) else "fp32"
+    if requested not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested == "bf16" and device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--precision bf16 runs on CUDA and CPUs, not {device.type}; use --precision fp32 there")
+    return requested
+
+
+def _native_cpu_bf16() -> bool:
+    """AVX512-BF16 or AMX under oneDNN, which runs bf16 convolutions on them; torch's probes are private,
+    so a build without them reads as no."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return torch.backends.mkldnn.is_available() and any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def autocast(device: torch.device, precision: str | None) -> AbstractContextManager:
+    """Mixed bf16 under --precision bf16 (bfloat16 keeps float32's range, so no loss scaling; the
+    losses take logits in float32, so this is safe); nothing under fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 

@@ -49,10 +49,11 @@ from genai_cli.objectives import (
     make_objective,
     set_learning_rates,
 )
-from genai_cli.runtime import describe, pick_device, seed_everything
+from genai_cli.runtime import describe, pick_device, resolve_precision, seed_everything
 
-# Flags that may change when a run is resumed; anything else would change the maths.
-RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.log_every", "train.sample_every",
+# Flags that may change when a run is resumed; anything else would change the maths (the device and
+# its precision do too, but a run must be able to move to another machine).
+RESUMABLE = {"train.steps", "train.epochs", "train.device", "train.precision", "train.log_every", "train.sample_every",
              "train.save_every", "train.lr", "train.lr_d", "train.lr_decay_start", "train.keep", "data.data_dir"}
 # A --max-time budget: steps BUDGET_WARMUP..BUDGET_PLAN_AT are timed, then the run's length is
 # fixed to what fits in BUDGET_USE of the time left (the rest covers the final save). Twenty steps
@@ -402,6 +403,7 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
     validate_train(config.train)
     check_gan_loss(config.train.gan_loss)
     device = pick_device(config.train.device)
+    config.train.precision = resolve_precision(config.train.precision, device)
     source = load_source(config, spec)
     config = resolve_config(config, spec, source)
     resolve_keep(config, spec, source, budget)
@@ -572,7 +574,8 @@ def train_session(session: Session, resumed: bool) -> TrainResult:
         rundir.point_latest(run_dir)
     processes = f" × {session.world.size} processes" if session.world.distributed else ""
     console.info(f"genai {__version__}: training {cfg.model.kind} on {session.source.name} "
-                 f"({len(session.source)} images, {session.source.location}) on {describe(session.device)}{processes}")
+                 f"({len(session.source)} images, {session.source.location}) on {describe(session.device)}{processes}, "
+                 + ("bf16 mixed precision" if cfg.train.precision == "bf16" else "float32"))
     length = "as many steps as --max-time allows" if session.budgeted else f"{session.total_steps} steps"
     console.info(f"run directory {run_dir}; {length} of batch {cfg.train.batch_size}"
                  + (f", resuming at step {session.step}" if resumed else ""))

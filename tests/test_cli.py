@@ -403,7 +403,7 @@ def registry_names() -> dict[str, set[str]]:
         "PAIRS": set(pairs.PAIRS), "DIRECTIONS": set(pairs.DIRECTIONS),
         "FEATURES": {name for name in choices.FEATURES if repr(name) in str(features.value)},
         "METRICS": set(evaluation.METRICS),
-        "EXPORT_FORMATS": set(export.FORMATS), "DTYPES": set(export.DTYPES), "DEVICES": set(runtime.DEVICE_CHOICES),
+        "EXPORT_FORMATS": set(export.FORMATS), "DTYPES": set(export.DTYPES), "DEVICES": set(runtime.DEVICE_CHOICES), "PRECISIONS": set(runtime.PRECISIONS),
         "KEEPS": set(selection.KEEPS), "LIKELIHOODS": set(vae.LIKELIHOODS), "AUGMENTS": set(augment.POLICIES),
     }
 

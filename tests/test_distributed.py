@@ -22,8 +22,9 @@ from genai_cli.distributed import World
 from genai_cli.errors import UsageError
 
 # No BatchNorm: each rank's BatchNorm would normalise its half batch (SyncBatchNorm is GPU-only),
-# which is a different, equally valid computation; with --norm none the maths must match exactly.
-TINY_VAE = ["--model", "vae", "--data", "fashion-mnist", "--norm", "none", "--width", "8",
+# which is a different, equally valid computation; with --norm none the maths must match exactly,
+# and in float32 (bf16 rounds each half batch's sums alone).
+TINY_VAE = ["--model", "vae", "--data", "fashion-mnist", "--norm", "none", "--width", "8", "--precision", "fp32",
             "--latent-dim", "4", "--batch-size", "32", "--log-every", "2", "--sample-every", "100"]
 
 
@@ -86,7 +87,8 @@ def test_two_processes_train_the_same_dcgan_with_r1_as_one(tmp_path: Path) -> No
     its channels-last first-conv grad strides raise no DDP warning on the user's stderr."""
     make_idx_dataset(tmp_path / "data", n_train=256)
     args = ["--model", "dcgan", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--norm", "none",
-            "--width", "8", "--batch-size", "32", "--steps", "2", "--r1", "10", "--ema", "0", "--sample-every", "100"]
+            "--width", "8", "--batch-size", "32", "--steps", "2", "--r1", "10", "--ema", "0", "--sample-every", "100",
+            "--precision", "fp32"]
     genai_train(*args, "--out", str(tmp_path / "one"))
     log = train_process(*args, "--out", str(tmp_path / "two"), "--nproc-per-node", "2").stderr
     assert_same_weights(tmp_path / "one", tmp_path / "two")

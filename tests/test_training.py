@@ -26,7 +26,8 @@ from genai_cli.models import MODELS
 from genai_cli.objectives.adversarial import COLLAPSE
 from genai_cli.objectives.elbo import ELBOObjective
 
-TINY = {"model.width": 8, "model.image_size": 16, "train.batch_size": 16, "train.log_every": 5}
+# float32 pinned: the exact comparisons below hold on every CPU, bf16 or not (test_precision.py covers bf16)
+TINY = {"model.width": 8, "model.image_size": 16, "train.batch_size": 16, "train.log_every": 5, "train.precision": "fp32"}
 
 
 @pytest.fixture(scope="module")

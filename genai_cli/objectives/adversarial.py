@@ -79,6 +79,7 @@ class AdversarialObjective:
         assert train.lr is not None and train.beta1 is not None and train.r1 is not None and train.class_loss is not None
         betas = (train.beta1, train.beta2)
         self.model, self.device, self.loss, self.world = model, device, train.gan_loss, world
+        self.precision = train.precision  # resolved by training.plan_run (None: float32)
         self.policy, self.r1, self.class_loss = train.augment, train.r1, train.class_loss
         self.ema = EMA(model.generator, train.ema) if train.ema else None
         self.companions: dict[str, nn.Module] = {}  # its class loss reads D, which the model holds
@@ -93,7 +94,7 @@ class AdversarialObjective:
         opt_d = self.optimizers["discriminator"]
         z = self.noise(real.shape[0], real.device)
         penalise = self.r1 > 0 and self.step_index % R1_INTERVAL == 0
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             fake = self.generator(z, labels)
             d_real, d_fake, r1, real_classes = self.d_pass(self.augment(real), self.augment(fake.detach()), labels,
                                                            penalise, self.class_loss > 0)
@@ -129,7 +130,7 @@ class AdversarialObjective:
         `extra` is a loss term of G's own added to the adversarial one (pix2pix's L1)."""
         d, opt_g = self.model.discriminator, self.optimizers["generator"]
         d.requires_grad_(False)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             d_fake, fake_classes = judge(d, self.augment(fake), labels, self.class_loss > 0)
         loss_g = self.g_loss(d_fake.float()) + (0 if extra is None else extra)
         if fake_classes is not None:  # samples D's classifier reads as the asked class (AC-GAN's G term)

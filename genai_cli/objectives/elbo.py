@@ -78,6 +78,7 @@ class ELBOObjective:
     def __init__(self, model: VariationalModel, train: TrainConfig, device: torch.device, world: World) -> None:
         assert train.lr is not None and train.beta1 is not None
         self.model, self.device, self.world, self.seed = model, device, world, train.seed
+        self.precision = train.precision  # resolved by training.plan_run (None: float32)
         self.terms = wrap(ELBOTerms(model), world, device)
         self.base_lrs = {"model": train.lr}
         self.optimizers = {"model": adam(model.parameters(), train.lr, (train.beta1, train.beta2), device)}
@@ -155,7 +156,7 @@ class ELBOObjective:
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
         eps = self.noise(real)
         drawn = self.noise(real) if self.classifier is not None else None
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             recon, kl, decoded = self.terms(real, labels, eps, drawn)
         if self.model.config.likelihood == "gaussian":
             recon = gaussian_reconstruction(recon, real[0].numel(), self.world)
@@ -187,7 +188,7 @@ class ELBOObjective:
         pushed toward images of the asked class and away from what gives decoded ones away, the blur."""
         assert self.classifier is not None
         decoded_class = torch.full_like(labels, self.model.config.num_classes)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             logits = self.classify(torch.cat([real, decoded.detach()]))  # one pass: DDP syncs it once
             self.classifier.requires_grad_(False)
             drawn_logits = self.classifier(decoded)

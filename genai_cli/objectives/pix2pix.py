@@ -43,7 +43,7 @@ class Pix2PixObjective(AdversarialObjective):
     def step(self, real: torch.Tensor, labels: torch.Tensor | None) -> Losses:
         assert labels is not None and labels.is_floating_point(), "pix2pix trains on pairs: the input images"
         inputs, opt_d = labels, self.optimizers["discriminator"]
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             fake = self.generator(inputs)
             d_real, d_fake, _, _ = self.d_pass(real, fake.detach(), inputs, False)
         loss_d = 0.5 * self.d_loss(d_real.float(), d_fake.float())
@@ -64,7 +64,7 @@ class Pix2PixObjective(AdversarialObjective):
         """G alone, on L1 to the target: D neither learns nor judges."""
         assert labels is not None and labels.is_floating_point(), "pix2pix trains on pairs: the input images"
         opt_g = self.optimizers["generator"]
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             fake = self.generator(labels)
         l1 = (fake.float() - real.float()).abs().mean()
         opt_g.zero_grad(set_to_none=True)

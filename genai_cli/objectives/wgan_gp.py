@@ -66,16 +66,16 @@ class WGANGPObjective(AdversarialObjective):
         for _ in range(N_CRITIC):
             z = self.noise(n, real.device)
             alpha = global_slice(torch.rand(n * self.world.size, 1, 1, 1, device=real.device), self.world)
-            with torch.no_grad(), autocast(self.device):  # the bare G: no gradients to average
+            with torch.no_grad(), autocast(self.device, self.precision):  # the bare G: no gradients to average
                 fake = self.model.generator(z, labels)
-            with autocast(self.device):
+            with autocast(self.device, self.precision):
                 distance, penalty = self.critic_loss(self.augment(real), self.augment(fake.to(real.dtype)), labels, alpha)
             loss_d = distance + GP_WEIGHT * penalty
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
         z = self.noise(n, real.device)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             fake = self.generator(z, labels)
         loss_g = self.generator_step(fake, labels)
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
