@@ -57,7 +57,7 @@ from genai_cli.config import ModelConfig, TrainConfig
 from genai_cli.data import resolve_data_roots
 from genai_cli.models import MODELS, AdversarialModel
 from genai_cli.objectives import make_objective
-from genai_cli.runtime import describe, pick_device, seed_everything
+from genai_cli.runtime import PRECISIONS, describe, pick_device, seed_everything
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FASHION_FILES = [f"{split}-{kind}-idx{dims}-ubyte" for split in ("train", "t10k")
@@ -362,7 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="the reference's DataLoader workers (the example's default)")
     parser.add_argument("--width", type=int, default=64, help="ngf = ndf")
     parser.add_argument("--matmul-size", type=int, default=None, help="default 2048 (8192 on CUDA)")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="genai's (default: its own choice for the device)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="genai's precision (default: what genai picks for the device)")
     parser.add_argument("--random-data", action="store_true", help="random images at 28x28 even where Fashion-MNIST is")
     args = parser.parse_args(argv)
     if args.quick:

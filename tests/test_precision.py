@@ -33,7 +33,7 @@ def test_a_precision_the_device_cannot_run_is_refused() -> None:
         runtime.resolve_precision("fp16", torch.device("cpu"))
 
 
-def conv_output_dtypes(root: Path, kind: str, precision: str) -> set[torch.dtype]:  # noqa: F811
+def conv_output_dtypes(root: Path, kind: str, precision: str) -> set[torch.dtype]:
     """The dtypes D's first convolution returns during one training step."""
     plan = training.plan_run(flags(root, kind, **{"train.precision": precision}), None)
     model = training.build_model(plan, torch.device("cpu"))
