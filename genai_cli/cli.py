@@ -174,6 +174,7 @@ def train(
     prior_components: Annotated[Optional[int], typer.Option(help="Gaussians in a fitted prior (per class for cvae). \\[default: vae 100, cvae 10]")] = None,
     likelihood: Annotated[Optional[str], choice(choices.LIKELIHOODS, "--likelihood", help="VAE decoder: gaussian (one variance for all pixels, fitted to the data; sharp images) or bernoulli (per-pixel intensities; the classic VAE, blurrier). \\[default: gaussian]")] = None,
     class_norm: Annotated[Optional[bool], typer.Option("--class-norm/--no-class-norm", help="cgan, cvae: labels set the scale and shift of every normalisation in the generator or decoder (conditional BatchNorm), not only its input. \\[default: on for cgan, off for cvae]")] = None,
+    best_of: Annotated[Optional[int], typer.Option("--best-of", metavar="K", help="cvae with a class loss: draw K candidates for each sample and keep the one its classifier (a copy stored in the model file) reads as most surely the asked class. 1 turns it off. \\[default: cvae 2]")] = None,
     norm: Annotated[Optional[str], choice(choices.NORMS, "--norm", help=f"Normalisation layers: batch, group (independent of how processes split a batch) or none. \\[default: {_M.norm}]")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed for weights, batches and noise. \\[default: {_T.seed}]")] = None,
     device: Device = None,
@@ -199,7 +200,7 @@ def train(
     flags: dict[str, Any] = {
         "model.kind": model, "model.latent_dim": latent_dim, "model.image_size": image_size,
         "model.channels": channels, "model.width": width, "model.beta": beta, "model.norm": norm, "model.prior": prior,
-        "model.prior_components": prior_components, "model.likelihood": likelihood, "model.class_norm": class_norm,
+        "model.prior_components": prior_components, "model.likelihood": likelihood, "model.class_norm": class_norm, "model.best_of": best_of,
         "data.name": data, "data.data_dir": data_dir, "data.split": split, "data.pairs": pairs, "data.direction": direction,
         "train.epochs": epochs, "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr,
         "train.lr_d": lr_d, "train.lr_decay_start": lr_decay_start, "train.warmup": warmup, "train.beta1": beta1, "train.gan_loss": gan_loss, "train.ema": ema, "train.augment": augment, "train.r1": r1, "train.class_loss": class_loss, "train.seed": seed, "train.precision": precision,

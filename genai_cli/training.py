@@ -145,6 +145,10 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
                          f"--model {spec.name} with {objective.description} has none: drop --class-loss")
     if train.class_loss is None:
         train.class_loss = (spec.class_loss or 0.0) if objective.takes_class_loss else 0.0
+    if (model.best_of or 1) > 1 and not (spec.best_of and train.class_loss):
+        raise UsageError(f"--best-of picks each sample with the classifier a cvae's --class-loss trains; --model {spec.name} "
+                         f"{'with --class-loss 0 ' if spec.best_of else ''}has none: drop --best-of")
+    model.best_of = (spec.best_of if train.class_loss and spec.best_of else 1) if model.best_of is None else model.best_of
     if train.warmup and objective.warmup is None:
         raise UsageError(f"--warmup applies to objectives with a warm-up (pix2pix's L1 phase); {objective.description} "
                          "has none: drop --warmup")

@@ -110,11 +110,14 @@ def test_the_cvae_classifier_learns_real_classes_and_the_decoder_learns_its_draw
     assert plain.classifier is None and plain.companions == {} and "class_drawn" not in plain.step(real, labels)
 
 
-def test_the_cvae_classifier_is_kept_with_the_training_state_not_the_model(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_the_cvae_classifier_is_trained_in_the_training_state_and_only_copied_to_the_model(
+        bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
     run = Path(training.train(flags(bars_root, "cvae", **{"train.steps": 2}), out=str(tmp_path / "r")).run_dir)
     assert ckpt.load_training_state(run).checkpoint.config.train.class_loss > 0  # on by default
     assert set(ckpt.load_training_state(run).companions) == {"classifier"}
-    assert not any(name.startswith("classifier") for name in ckpt.load_file(run / ckpt.MODEL_FILE).tensors)
+    model_tensors = ckpt.load_file(run / ckpt.MODEL_FILE).tensors
+    assert not any(name.startswith("classifier") for name in model_tensors)
+    assert any(name.startswith("decoder.critic.") for name in model_tensors)  # --best-of's copy (test_best_of)
     assert all("loss_c" in row for row in metrics(run) if "loss" in row)
 
 

@@ -10,7 +10,8 @@ sharp, with classifier FID 16 against 40 (benchmarks/RESULTS.md, VAE likelihood)
 A cvae's `--class-loss` adds a classifier, trained beside it and kept with the training state: it
 learns the real images' classes and a last class for images the decoder makes from N(0, I) codes,
 and the decoder learns to make images it reads as the asked class (the class-conditional VAE-GAN of
-Bao et al. 2017, its discriminator and classifier in one network as in Salimans et al. 2016).
+Bao et al. 2017, its discriminator and classifier in one network as in Salimans et al. 2016). With
+`--best-of K` the model file carries a copy of it, which picks each sample among K candidates.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from torch import nn
 from genai_cli import images as imgs
 from genai_cli.distributed import global_slice, mean_over_ranks, wrap
 from genai_cli.models import GenerativeModel, VariationalModel
-from genai_cli.models.blocks import ConvClassifier
-from genai_cli.models.vae import EM_CODES
+from genai_cli.models.vae import EM_CODES, classifier
 from genai_cli.objectives.base import Health, Losses, ObjectiveSpec, SampleGrid, adam, noise_grid
 from genai_cli.runtime import autocast
 
@@ -81,10 +81,11 @@ class ELBOObjective:
         self.precision = train.precision  # resolved by training.plan_run (None: float32)
         self.terms = wrap(ELBOTerms(model), world, device)
         self.base_lrs = {"model": train.lr}
-        self.optimizers = {"model": adam(model.parameters(), train.lr, (train.beta1, train.beta2), device)}
+        trained = [p for p in model.parameters() if p.requires_grad]  # a decoder's critic is a copy, not trained
+        self.optimizers = {"model": adam(trained, train.lr, (train.beta1, train.beta2), device)}
         self.ema = None
         self.class_loss = train.class_loss or 0.0
-        self.classifier = class_companion(model, device) if self.class_loss else None
+        self.classifier = classifier(model.config).to(device) if self.class_loss else None
         self.companions: dict[str, nn.Module] = {}
         if self.classifier is not None:
             self.companions["classifier"] = self.classifier
@@ -94,6 +95,10 @@ class ELBOObjective:
         self.finish_images: int | None = None  # a --max-time plan's cap on the images `finish` reads
 
     def sampling_model(self, source: ImageSource) -> GenerativeModel:
+        """The model, its decoder's critic (`--best-of`) first brought up to the classifier as trained so far."""
+        critic = self.model.decoder.critic
+        if critic is not None and self.classifier is not None:
+            critic.load_state_dict(self.classifier.state_dict())
         return self.model
 
     @torch.no_grad()
@@ -252,13 +257,6 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torc
     low, high = torch.where(mirrored, -upper, lower), torch.where(mirrored, -lower, upper)
     log_high, log_low = torch.special.log_ndtr(high), torch.special.log_ndtr(low)
     return log_high + torch.log(-torch.expm1(log_low - log_high))
-
-
-def class_companion(model: VariationalModel, device: torch.device) -> nn.Module:
-    """The classifier a cvae's class loss trains beside it, as wide as its encoder: the classes and "decoded"."""
-    config = model.config
-    assert config.channels and config.image_size and config.num_classes
-    return ConvClassifier(config.channels, config.image_size, config.width, config.num_classes + 1).to(device)
 
 
 SPEC = ObjectiveSpec("elbo", VariationalModel, None, "negative ELBO", ELBOObjective, takes_class_loss=True)

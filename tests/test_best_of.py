@@ -1,0 +1,89 @@
+"""--best-of: a cvae's samples picked among candidates by the classifier its class loss trains, a copy
+of which the model file carries; turned noise, refusals, and runs from before it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import as_older_schema, bars_root, flags  # noqa: F401  (bars_root is a fixture)
+
+from genai_cli import checkpoint as ckpt
+from genai_cli import training
+from genai_cli.config import ModelConfig
+from genai_cli.errors import UsageError
+from genai_cli.models import MODELS
+from genai_cli.models.vae import noise_turns
+
+
+def tiny_cvae(best_of: int):
+    config = ModelConfig(kind="cvae", latent_dim=4, channels=1, image_size=16, num_classes=3, width=8, prior="fitted",
+                         prior_components=2, likelihood="gaussian", class_norm=False, best_of=best_of)
+    torch.manual_seed(0)
+    return MODELS.get("cvae").build(config).eval()
+
+
+def test_noise_turns_are_rotations_and_the_first_leaves_the_noise_as_it_is() -> None:
+    turns = noise_turns(5, 6)
+    assert torch.allclose(turns @ turns.transpose(1, 2), torch.eye(6).expand(5, 6, 6), atol=1e-5)
+    assert torch.equal(turns[0], torch.eye(6))
+    assert not torch.allclose(turns[1], turns[2])  # distinct candidates, not copies
+    assert torch.equal(turns, noise_turns(5, 6))  # fixed: a seed names the same sample on every build
+
+
+@torch.no_grad()
+def test_a_sample_is_the_candidate_the_critic_reads_as_most_surely_its_class() -> None:
+    model = tiny_cvae(3)
+    decoder = model.decoder
+    eps, labels = torch.randn(40, 4), torch.arange(40) % 3
+    picked = model.generate(eps, labels)
+    candidates = torch.stack([decoder.draw(eps @ turn.T, labels) for turn in decoder.turns])  # 3 x 40 x image
+    sure = torch.stack([decoder.critic(c).log_softmax(1).gather(1, labels[:, None])[:, 0] for c in candidates])
+    expected = candidates[sure.argmax(0), torch.arange(40)]
+    assert torch.allclose(picked, expected, atol=1e-6)
+    assert not torch.allclose(picked, candidates[0])  # some rows kept another candidate than the plain draw
+    chosen = torch.stack([decoder.critic(picked).log_softmax(1).gather(1, labels[:, None])[:, 0]])
+    assert (chosen >= sure.max(0).values - 1e-5).all()
+
+
+def test_best_of_one_is_the_plain_decoder_with_no_classifier_in_the_file() -> None:
+    model = tiny_cvae(1)
+    assert model.decoder.critic is None
+    assert not any("critic" in name or "turns" in name for name in model.state_dict())
+
+
+def test_the_model_file_carries_the_classifier_training_kept(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = Path(training.train(flags(bars_root, "cvae", **{"train.steps": 3}), out=str(tmp_path / "r")).run_dir)
+    state = ckpt.load_training_state(run)
+    assert state.checkpoint.config.model.best_of == 2  # on by default with the class loss
+    model, _ = ckpt.load_model(str(run), torch.device("cpu"))
+    trained = state.companions["classifier"]
+    copy = model.decoder.critic.state_dict()
+    assert set(copy) == set(trained) and all(torch.equal(copy[k], trained[k]) for k in trained)
+    labels = torch.arange(6) % model.config.num_classes
+    assert model.generate(torch.randn(6, model.latent_dim), labels).shape == (6, 1, 16, 16)
+
+
+def test_best_of_needs_the_cvae_class_loss_and_is_off_without_it(bars_root: Path) -> None:  # noqa: F811
+    assert training.resolve(flags(bars_root, "cvae", **{"train.class_loss": 0.0})).model.best_of == 1
+    assert training.resolve(flags(bars_root, "cvae", **{"model.best_of": 3})).model.best_of == 3
+    assert training.resolve(flags(bars_root, "dcgan")).model.best_of == 1
+    for family, extra in (("vae", {}), ("cgan", {}), ("cvae", {"train.class_loss": 0.0})):
+        with pytest.raises(UsageError, match="drop --best-of"):
+            training.resolve(flags(bars_root, family, **{"model.best_of": 3, **extra}))
+    with pytest.raises(UsageError, match="--best-of must be"):
+        training.resolve(flags(bars_root, "cvae", **{"model.best_of": 0}))
+
+
+def test_a_cvae_from_before_best_of_loads_and_samples_as_it_did(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = Path(training.train(flags(bars_root, "cvae", **{"train.steps": 2, "model.best_of": 1}),
+                              out=str(tmp_path / "r")).run_dir)
+    model, _ = ckpt.load_model(str(run), torch.device("cpu"))
+    eps, labels = torch.randn(6, model.latent_dim), torch.arange(6) % model.config.num_classes
+    before = model.generate(eps, labels)
+    as_older_schema(run, 13, "model", "best_of")
+    model, loaded = ckpt.load_model(str(run), torch.device("cpu"))
+    assert loaded.config.model.best_of == 1 and model.decoder.critic is None
+    assert torch.equal(model.generate(eps, labels), before)
+    assert training.train({"train.steps": 3}, resume=str(run)).step == 3
