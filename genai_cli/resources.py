@@ -94,7 +94,7 @@ def training_step_bytes(model: GenerativeModel, batch: int) -> int:
                 outputs[0] = generator_outputs + 3 * (outputs[0] - generator_outputs)
             else:
                 model.encoder(images, labels)
-                model.decoder(torch.zeros(batch, model.latent_dim, device="meta"), labels)
+                model.decoder.draw(torch.zeros(batch, model.latent_dim, device="meta"), labels)  # training's path, not --best-of's
     finally:
         for hook in hooks:
             hook.remove()
