@@ -43,7 +43,7 @@ def test_a_sample_is_the_candidate_the_critic_reads_as_most_surely_its_class() -
     expected = candidates[sure.argmax(0), torch.arange(40)]
     assert torch.allclose(picked, expected, atol=1e-6)
     assert not torch.allclose(picked, candidates[0])  # some rows kept another candidate than the plain draw
-    chosen = torch.stack([decoder.critic(picked).log_softmax(1).gather(1, labels[:, None])[:, 0]])
+    chosen = decoder.critic(picked).log_softmax(1).gather(1, labels[:, None])[:, 0]
     assert (chosen >= sure.max(0).values - 1e-5).all()
 
 
