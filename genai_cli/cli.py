@@ -258,6 +258,7 @@ def sample(
     frames: Annotated[Optional[int], typer.Option(help="Images of the --interpolate walk, A and B included. \\[default: 10]")] = None,
     input: Annotated[Optional[str], typer.Option("--input", "-i", metavar="PATH", help="pix2pix: what to translate: an image, a folder of images, - for a PNG on stdin, or NAME[:SPLIT] (a dataset, or a folder with A/ and B/) for a grid of input | output | target.")] = None,
     steps: Annotated[Optional[int], typer.Option(hidden=True, help="Deprecated spelling of --frames.")] = None,
+    best_of: Annotated[Optional[int], typer.Option("--best-of", metavar="K", help="cvae trained with --best-of: its classifier picks each sample among K candidates instead of the trained count; 1 is the plain draw. \\[default: as trained]")] = None,
     device: Device = None,
     force: Force = False,
     json_out: Json = False,
@@ -277,6 +278,7 @@ def sample(
         result = sampling.run_sample(sampling.SampleRequest(
             out=out, checkpoint=checkpoint, n=n, seeds=seeds, seed=seed, label=label, per_row=nrow, trunc=trunc,
             interpolate=interpolate, frames=10 if frames is None else frames, device=device or "auto", force=force, input=input,
+            best_of=best_of,
         ))
         if json_out:
             console.emit_json(result)
@@ -317,6 +319,7 @@ def evaluate(
     iw_samples: Annotated[int, typer.Option(help="Importance samples for the VAE NLL bound.")] = 64,
     ref_stats: Annotated[Optional[str], typer.Option(metavar="FILE", help="Reference feature statistics (.npz with mu and sigma, as pytorch-fid writes) instead of the reference images' features: FID (and IS, acc, NLL) without recomputing them.")] = None,
     fail_if: Annotated[Optional[list[str]], typer.Option("--fail-if", metavar="GATE", help='Gate such as "fid>30"; exit 3 when it holds. Repeatable.')] = None,
+    best_of: Annotated[Optional[int], typer.Option("--best-of", metavar="K", help="cvae trained with --best-of: its classifier picks each sample among K candidates instead of the trained count; 1 is the plain draw. \\[default: as trained]")] = None,
     device: Device = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -332,6 +335,7 @@ def evaluate(
             checkpoint=checkpoint, n=n, metrics=metrics.split(",") if metrics else None, features=features,
             inception_weights=inception_weights, real=real, images=images, data=data, data_dir=data_dir,
             split=split, seed=seed, device=device or "auto", iw_samples=iw_samples, gates=fail_if or [], ref_stats=ref_stats,
+            best_of=best_of,
         ))
         console.emit_json(result) if json_out else console.eval_table(result)
         failed = [f"{v['gate']} ({v['reason']})" if "reason" in v else v["gate"] for v in result["gates"] if not v["passed"]]

@@ -58,6 +58,7 @@ class EvalRequest:
     iw_samples: int = 64
     gates: list[str] = field(default_factory=list)
     ref_stats: str | None = None  # an .npz of the reference's feature mean and covariance (pytorch-fid's layout)
+    best_of: int | None = None  # cvae: candidates its classifier picks among; None: as trained
 
 
 @dataclass
@@ -144,6 +145,10 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     seed_everything(req.seed)  # the VAE bounds sample latents
     started = time.perf_counter()
     model, loaded = (None, None) if req.real or req.images else ckpt.load_model(req.checkpoint, device)
+    if req.best_of is not None and model is None:
+        raise UsageError("--best-of picks among a model's samples; --real and --images score images as they are: drop it")
+    if model is not None:
+        sampling.choose_best_of(model, loaded.path, req.best_of)
     translates = model is not None and model.translates
     asked, unavailable = choose_metrics(req, model)
     unjudged = translates and req.features == "classifier" and (req.data or loaded.config.data.name) not in DATASETS
@@ -186,6 +191,8 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
         "reference": f"statistics in {req.ref_stats}" if stats is not None else f"{dataset} {req.split}",
         "n_real": n_real or None, "seed": req.seed, **how,
     }
+    if model is not None and (req.best_of is not None or (model.config.best_of or 1) > 1):
+        protocol["best_of"] = model.config.best_of
     if classifier_info:
         protocol["classifier_test_accuracy"] = classifier_info["test_accuracy"]
     verdicts = check_gates(gates, results, not_computed)
@@ -454,7 +461,8 @@ def class_keys(classes: list[str], num_classes: int) -> list[str]:
 def likelihood(s: Scoring) -> dict[str, float]:
     """The VAE bounds on the reference split's first --n images."""
     assert s.reference is not None and s.model is not None
-    return vae_metrics(s.model, s.reference.all_images()[: s.req.n], s.reference.all_labels(), s.req.iw_samples, s.device)
+    return vae_metrics(s.model, s.reference.all_images()[: s.req.n], _first(s.reference.all_labels(), s.req.n), s.req.iw_samples,
+                       s.device)
 
 
 @torch.no_grad()

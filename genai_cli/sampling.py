@@ -354,6 +354,21 @@ class SampleRequest:
     device: str = "auto"
     force: bool = False
     input: str | None = None  # images for a translating model (pix2pix) to translate
+    best_of: int | None = None  # cvae: candidates its classifier picks among; None: as trained
+
+
+def choose_best_of(model: GenerativeModel, path: Path, k: int | None) -> None:
+    """`--best-of K` at sample or eval time: a cvae's stored classifier picks among K candidates instead of
+    the count it was trained with (1: the plain draw, e.g. to score the decoder without the pick)."""
+    if k is None:
+        return
+    check_range("--best-of", k)
+    half = model.generating_half()
+    if getattr(half, "critic", None) is None:
+        raise UsageError(f"--best-of: {path} holds a {model.config.kind} with no classifier to pick samples with "
+                         "(a cvae trained with --best-of 2 or more has one): drop --best-of")
+    half.pick_best_of(k)
+    model.config.best_of = k
 
 
 def parse_label(text: str, classes: list[str], num_classes: int) -> int:
@@ -438,6 +453,7 @@ def run_sample(req: SampleRequest) -> dict:
         raise UsageError(f"--out {req.out}: a .gif animates a walk: add --interpolate A B, or write a .png grid")
     device = pick_device(req.device)
     model, loaded = ckpt.load_model(req.checkpoint, device)
+    choose_best_of(model, loaded.path, req.best_of)
     if model.translates != (req.input is not None):
         raise UsageError(f"--input gives images to a model that translates them (pix2pix); this {model.config.kind} "
                          "samples from noise: drop --input" if req.input is not None else

@@ -3,18 +3,24 @@ of which the model file carries; turned noise, refusals, and runs from before it
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from test_cli import assert_one_line_error, invoke
 from test_training import as_older_schema, bars_root, flags  # noqa: F401  (bars_root is a fixture)
 
 from genai_cli import checkpoint as ckpt
 from genai_cli import training
 from genai_cli.config import ModelConfig
 from genai_cli.errors import UsageError
+from genai_cli.images import to_uint8
 from genai_cli.models import MODELS
 from genai_cli.models.vae import noise_turns
+from genai_cli.sampling import latents
 
 
 def tiny_cvae(best_of: int):
@@ -30,6 +36,7 @@ def test_noise_turns_are_rotations_and_the_first_leaves_the_noise_as_it_is() -> 
     assert torch.equal(turns[0], torch.eye(6))
     assert not torch.allclose(turns[1], turns[2])  # distinct candidates, not copies
     assert torch.equal(turns, noise_turns(5, 6))  # fixed: a seed names the same sample on every build
+    assert torch.equal(turns[:2], noise_turns(2, 6))  # fewer candidates at sample time are the first of these
 
 
 @torch.no_grad()
@@ -87,3 +94,37 @@ def test_a_cvae_from_before_best_of_loads_and_samples_as_it_did(bars_root: Path,
     assert loaded.config.model.best_of == 1 and model.decoder.critic is None
     assert torch.equal(model.generate(eps, labels), before)
     assert training.train({"train.steps": 3}, resume=str(run)).step == 3
+
+
+def test_sample_and_eval_pick_among_another_count_than_trained(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = Path(training.train(flags(bars_root, "cvae", **{"train.steps": 3, "model.best_of": 2}), out=str(tmp_path / "r")).run_dir)
+    model, _ = ckpt.load_model(str(run), torch.device("cpu"))
+
+    def sampled(*extra: str) -> np.ndarray:
+        out = tmp_path / f"s{len(list(tmp_path.glob('s*.npz')))}.npz"
+        result = invoke("sample", "-c", str(run), "--n", "30", "--out", str(out), "--device", "cpu", *extra)
+        assert result.exit_code == 0, result.stderr
+        return np.load(out)["arr_0"]
+
+    as_trained, plain, four = sampled(), sampled("--best-of", "1"), sampled("--best-of", "4")
+    assert np.array_equal(as_trained, sampled("--best-of", "2"))
+    labels = torch.arange(30) // math.ceil(30 / model.config.num_classes)  # `sample` gives each class a run
+    with torch.no_grad():
+        draw = to_uint8(model.decoder.draw(latents(range(30), model.latent_dim), labels)).permute(0, 2, 3, 1).numpy()
+    assert np.abs(plain.astype(int) - draw).max() <= 1  # the plain draw, no pick
+    assert not np.array_equal(as_trained, plain) and not np.array_equal(four, as_trained)
+    result = invoke("eval", "-c", str(run), "--n", "20", "--metrics", "nll", "--iw-samples", "2", "--split", "train",
+                    "--best-of", "3", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["protocol"]["best_of"] == 3
+
+
+@pytest.mark.parametrize("kind", ["vae", "cvae-best-of-1"])
+def test_sample_best_of_is_refused_without_a_classifier_to_pick_with(bars_root: Path, tmp_path: Path, kind: str) -> None:  # noqa: F811
+    family, extra = ("cvae", {"model.best_of": 1}) if kind.startswith("cvae") else (kind, {})
+    run = training.train(flags(bars_root, family, **{"train.steps": 2, **extra}), out=str(tmp_path / "r")).run_dir
+    for command in ("sample", "eval"):
+        result = invoke(command, "-c", run, "--best-of", "2", "--out" if command == "sample" else "--n",
+                        str(tmp_path / "g.png") if command == "sample" else "20")
+        assert_one_line_error(result, 2, "no classifier to pick samples with", "drop --best-of")
+    assert not (tmp_path / "g.png").exists()

@@ -163,7 +163,7 @@ def eval_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval-data")
     make_idx_dataset(root, n_train=64, n_test=40)
     out = tmp_path_factory.mktemp("eval-runs")
-    runs = {kind: Path(tiny_train(kind, root, out / kind).run_dir) for kind in ("dcgan", "cgan", "vae")}
+    runs = {kind: Path(tiny_train(kind, root, out / kind).run_dir) for kind in ("dcgan", "cgan", "vae", "cvae")}
     runs["root"] = root
     return runs
 
@@ -202,6 +202,11 @@ def test_eval_conditional_and_vae_metrics(eval_runs: dict[str, Path]) -> None:
     vae = json.loads(out)["metrics"]
     assert vae["nll"] <= -vae["elbo"] + 1e-6  # the importance-weighted bound is tighter than the ELBO
     assert vae["recon_mse"] > 0
+    # a cvae's bounds read each image's label: on fewer images than the split (20 of 40), not a batch of another's
+    code, out = run_cli("eval", "-c", str(eval_runs["cvae"]), "--n", "20", "--iw-samples", "4", "--metrics", "nll", "--json")
+    assert code == 0, out
+    cvae = json.loads(out)["metrics"]
+    assert cvae["nll"] <= -cvae["elbo"] + 1e-6
 
 
 @pytest.mark.parametrize("classes,keys", [

@@ -244,7 +244,7 @@ class Decoder(nn.Module):
         """A sample; with a critic, the one of `best_of` candidates it reads as most surely the asked class
         (and least as decoded). The candidates' noise is eps turned by fixed rotations, each again exactly
         N(0, I), so a seed still names one sample and export keeps the one input."""
-        if self.critic is None:
+        if self.critic is None or len(self.turns) == 1:
             return self.draw(eps, labels)
         assert labels is not None, "a critic picks by the asked class"
         k, n = self.turns.shape[0], eps.shape[0]
@@ -253,6 +253,12 @@ class Decoder(nn.Module):
         sure = sure.gather(2, labels.view(1, n, 1).expand(k, n, 1))  # k x n x 1: log p(asked class | candidate)
         flat = every.view(k, n, -1)
         return flat.gather(0, sure.argmax(0, keepdim=True).expand(1, n, flat.shape[2])).view(n, *every.shape[1:])
+
+    def pick_best_of(self, k: int) -> None:
+        """Pick among k candidates from now on, not the count trained with (`sample/eval --best-of`). The
+        turns come in a fixed order, so a seed's candidates at k are the first k of its candidates at more."""
+        assert self.critic is not None, "only a decoder with a critic picks"
+        self.turns = noise_turns(k, self.turns.shape[1]).to(self.turns.device)
 
 
 def classifier(config: ModelConfig) -> ConvClassifier:
