@@ -52,6 +52,9 @@ Device = Annotated[Optional[str], typer.Option(
     help="auto: CUDA, then MPS, then CPU; cuda:N picks a GPU.")]
 Checkpoint = Annotated[Optional[str], typer.Option(
     "--checkpoint", "-c", metavar="RUN", help="Run directory or model.safetensors. \\[default: runs/latest]")]
+PickBestOf = Annotated[Optional[int], typer.Option(
+    "--best-of", metavar="K", help="cvae trained with --best-of: its classifier picks each sample among K candidates "
+    "instead of the trained count; 1 is the plain draw. \\[default: as trained]")]
 
 _M, _D, _T = ModelConfig(), DataConfig(), TrainConfig()
 
@@ -258,7 +261,7 @@ def sample(
     frames: Annotated[Optional[int], typer.Option(help="Images of the --interpolate walk, A and B included. \\[default: 10]")] = None,
     input: Annotated[Optional[str], typer.Option("--input", "-i", metavar="PATH", help="pix2pix: what to translate: an image, a folder of images, - for a PNG on stdin, or NAME[:SPLIT] (a dataset, or a folder with A/ and B/) for a grid of input | output | target.")] = None,
     steps: Annotated[Optional[int], typer.Option(hidden=True, help="Deprecated spelling of --frames.")] = None,
-    best_of: Annotated[Optional[int], typer.Option("--best-of", metavar="K", help="cvae trained with --best-of: its classifier picks each sample among K candidates instead of the trained count; 1 is the plain draw. \\[default: as trained]")] = None,
+    best_of: PickBestOf = None,
     device: Device = None,
     force: Force = False,
     json_out: Json = False,
@@ -319,7 +322,7 @@ def evaluate(
     iw_samples: Annotated[int, typer.Option(help="Importance samples for the VAE NLL bound.")] = 64,
     ref_stats: Annotated[Optional[str], typer.Option(metavar="FILE", help="Reference feature statistics (.npz with mu and sigma, as pytorch-fid writes) instead of the reference images' features: FID (and IS, acc, NLL) without recomputing them.")] = None,
     fail_if: Annotated[Optional[list[str]], typer.Option("--fail-if", metavar="GATE", help='Gate such as "fid>30"; exit 3 when it holds. Repeatable.')] = None,
-    best_of: Annotated[Optional[int], typer.Option("--best-of", metavar="K", help="cvae trained with --best-of: its classifier picks each sample among K candidates instead of the trained count; 1 is the plain draw. \\[default: as trained]")] = None,
+    best_of: PickBestOf = None,
     device: Device = None,
     json_out: Json = False,
     quiet: Quiet = False,

@@ -363,12 +363,16 @@ def choose_best_of(model: GenerativeModel, path: Path, k: int | None) -> None:
     if k is None:
         return
     check_range("--best-of", k)
-    half = model.generating_half()
-    if getattr(half, "critic", None) is None:
+    if not picks_best_of(model):
         raise UsageError(f"--best-of: {path} holds a {model.config.kind} with no classifier to pick samples with "
                          "(a cvae trained with --best-of 2 or more has one): drop --best-of")
-    half.pick_best_of(k)
+    model.generating_half().pick_best_of(k)
     model.config.best_of = k
+
+
+def picks_best_of(model: GenerativeModel) -> bool:
+    """Whether the model's samples are picked among candidates by a stored classifier (a cvae's critic)."""
+    return getattr(model.generating_half(), "critic", None) is not None
 
 
 def parse_label(text: str, classes: list[str], num_classes: int) -> int:
