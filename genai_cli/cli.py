@@ -359,6 +359,7 @@ def export_command(
     check: Annotated[Optional[bool], typer.Option("--check/--no-check", help="Compare the export with the PyTorch model; exit 4 above --tolerance. \\[default: on; for ONNX when onnxruntime is installed]")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Largest max |difference| --check accepts. \\[default: 1e-4; 1e-2 float16, 5e-2 bfloat16]")] = None,
     unit_range: Annotated[bool, typer.Option("--unit-range", help="ONNX/pt2 output in [0, 1] instead of [-1, 1].")] = False,
+    best_of: PickBestOf = None,
     force: Force = False,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -371,7 +372,7 @@ def export_command(
         from genai_cli.errors import ExportCheckFailed
 
         request = export.ExportRequest(out=out, format=fmt, checkpoint=checkpoint, dtype=dtype, check=check,
-                                       tolerance=tolerance, unit_range=unit_range, force=force)
+                                       tolerance=tolerance, unit_range=unit_range, force=force, best_of=best_of)
         try:
             result = export.run_export(request)
         except ExportCheckFailed as err:

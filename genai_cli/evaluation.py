@@ -191,7 +191,7 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
         "reference": f"statistics in {req.ref_stats}" if stats is not None else f"{dataset} {req.split}",
         "n_real": n_real or None, "seed": req.seed, **how,
     }
-    if model is not None and sampling.picks_best_of(model):
+    if model is not None and (req.best_of is not None or sampling.picks_best_of(model)):
         protocol["best_of"] = model.config.best_of
     if classifier_info:
         protocol["classifier_test_accuracy"] = classifier_info["test_accuracy"]

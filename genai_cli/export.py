@@ -40,7 +40,7 @@ from genai_cli import checkpoint as ckpt
 from genai_cli.errors import ExportCheckFailed, GenaiError, UsageError
 from genai_cli.fileio import atomic_write, file_sha256, move_into_place, write_error
 from genai_cli.models import MODELS, GenerativeModel
-from genai_cli.sampling import latents
+from genai_cli.sampling import choose_best_of, latents
 
 FORMATS = ("onnx", "pt2", "safetensors")
 SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
@@ -67,6 +67,7 @@ class ExportRequest:
     tolerance: float | None = None  # None: TOLERANCES[dtype]
     unit_range: bool = False
     force: bool = False
+    best_of: int | None = None  # cvae: candidates its classifier picks among in the graph; None: as trained
 
 
 # ---------------------------------------------------------------- the exported function
@@ -383,6 +384,7 @@ def run_export(req: ExportRequest) -> dict[str, Any]:
     check = wants_check(req, fmt)
     tolerance = req.tolerance if req.tolerance is not None else TOLERANCES[req.dtype]
     model, loaded = ckpt.load_model(req.checkpoint, torch.device("cpu"))
+    choose_best_of(model, loaded.path, req.best_of)  # before the metadata, which records the count
     module = exported_module(model, req.unit_range)
     out = Path(req.out)
     started = time.perf_counter()

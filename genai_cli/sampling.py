@@ -358,8 +358,8 @@ class SampleRequest:
 
 
 def choose_best_of(model: GenerativeModel, path: Path, k: int | None) -> None:
-    """`--best-of K` at sample or eval time: a cvae's stored classifier picks among K candidates instead of
-    the count it was trained with (1: the plain draw, e.g. to score the decoder without the pick)."""
+    """`--best-of K` at sample, eval or export time: a cvae's stored classifier picks among K candidates
+    instead of the count it was trained with (1: the plain draw, e.g. to score or ship the decoder alone)."""
     if k is None:
         return
     check_range("--best-of", k)

@@ -20,7 +20,7 @@ from genai_cli.errors import UsageError
 from genai_cli.images import to_uint8
 from genai_cli.models import MODELS
 from genai_cli.models.vae import noise_turns
-from genai_cli.sampling import latents
+from genai_cli.sampling import choose_best_of, latents
 
 
 def tiny_cvae(best_of: int):
@@ -119,6 +119,28 @@ def test_sample_and_eval_pick_among_another_count_than_trained(bars_root: Path, 
     assert json.loads(result.stdout)["protocol"]["best_of"] == 3
 
 
+def test_export_ships_the_pick_of_another_count_or_the_decoder_alone(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = Path(training.train(flags(bars_root, "cvae", **{"train.steps": 3, "model.best_of": 2}), out=str(tmp_path / "r")).run_dir)
+    latent_dim = ckpt.load_model(str(run), torch.device("cpu"))[0].latent_dim
+    eps, labels = latents(range(24), latent_dim), torch.arange(24) % 2
+    for k in (1, 3):
+        result = invoke("export", "-c", str(run), "--out", str(tmp_path / f"slim{k}"), "--best-of", str(k), "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["passed"] is True  # the folder samples as the model picking among k
+        slim, loaded = ckpt.load_model(str(tmp_path / f"slim{k}"), torch.device("cpu"))
+        assert loaded.config.model.best_of == k
+        assert any(name.startswith("decoder.critic.") for name in loaded.tensors) == (k > 1)  # 1: no classifier shipped
+        full, _ = ckpt.load_model(str(run), torch.device("cpu"))
+        with torch.no_grad():
+            as_trained = full.generate(eps, labels)
+            choose_best_of(full, run, k)
+            assert torch.equal(slim.generate(eps, labels), full.generate(eps, labels))
+            assert not torch.equal(slim.generate(eps, labels), as_trained)
+    result = invoke("eval", "-c", str(run), "--n", "20", "--metrics", "nll", "--iw-samples", "2", "--split", "train",
+                    "--best-of", "1", "--json")
+    assert json.loads(result.stdout)["protocol"]["best_of"] == 1  # asked for, so recorded, though nothing picks
+
+
 @pytest.mark.parametrize("kind", ["vae", "cvae-best-of-1"])
 def test_sample_best_of_is_refused_without_a_classifier_to_pick_with(bars_root: Path, tmp_path: Path, kind: str) -> None:  # noqa: F811
     family, extra = ("cvae", {"model.best_of": 1}) if kind.startswith("cvae") else (kind, {})
@@ -127,4 +149,6 @@ def test_sample_best_of_is_refused_without_a_classifier_to_pick_with(bars_root: 
         result = invoke(command, "-c", run, "--best-of", "2", "--out" if command == "sample" else "--n",
                         str(tmp_path / "g.png") if command == "sample" else "20")
         assert_one_line_error(result, 2, "no classifier to pick samples with", "drop --best-of")
-    assert not (tmp_path / "g.png").exists()
+    result = invoke("export", "-c", run, "--best-of", "2", "--out", str(tmp_path / "slim"))
+    assert_one_line_error(result, 2, "no classifier to pick samples with", "drop --best-of")
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "slim").exists()

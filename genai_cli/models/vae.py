@@ -255,10 +255,16 @@ class Decoder(nn.Module):
         return flat.gather(0, sure.argmax(0, keepdim=True).expand(1, n, flat.shape[2])).view(n, *every.shape[1:])
 
     def pick_best_of(self, k: int) -> None:
-        """Pick among k candidates from now on, not the count trained with (`sample/eval --best-of`). The
-        turns come in a fixed order, so a seed's candidates at k are the first k of its candidates at more."""
+        """Pick among k candidates from now on, not the count trained with (`sample/eval/export --best-of`).
+        The turns come in a fixed order, so a seed's candidates at k are the first k of its candidates at
+        more. The decoder is then what a config with `best_of=k` builds: at 1, the plain one, with no
+        classifier left for an export to ship."""
         assert self.critic is not None, "only a decoder with a critic picks"
-        self.turns = noise_turns(k, self.turns.shape[1]).to(self.turns.device)
+        if k == 1:
+            self.critic = None
+            del self.turns
+        else:
+            self.turns = noise_turns(k, self.turns.shape[1]).to(self.turns.device)
 
 
 def classifier(config: ModelConfig) -> ConvClassifier:
