@@ -121,8 +121,6 @@ def test_sample_and_eval_pick_among_another_count_than_trained(bars_root: Path, 
 
 def test_export_ships_the_pick_of_another_count_or_the_decoder_alone(bars_root: Path, tmp_path: Path) -> None:  # noqa: F811
     run = Path(training.train(flags(bars_root, "cvae", **{"train.steps": 3, "model.best_of": 2}), out=str(tmp_path / "r")).run_dir)
-    latent_dim = ckpt.load_model(str(run), torch.device("cpu"))[0].latent_dim
-    eps, labels = latents(range(24), latent_dim), torch.arange(24) % 2
     for k in (1, 3):
         result = invoke("export", "-c", str(run), "--out", str(tmp_path / f"slim{k}"), "--best-of", str(k), "--json")
         assert result.exit_code == 0, result.stderr
@@ -131,6 +129,7 @@ def test_export_ships_the_pick_of_another_count_or_the_decoder_alone(bars_root: 
         assert loaded.config.model.best_of == k
         assert any(name.startswith("decoder.critic.") for name in loaded.tensors) == (k > 1)  # 1: no classifier shipped
         full, _ = ckpt.load_model(str(run), torch.device("cpu"))
+        eps, labels = latents(range(24), full.latent_dim), torch.arange(24) % 2
         with torch.no_grad():
             as_trained = full.generate(eps, labels)
             choose_best_of(full, run, k)
@@ -138,6 +137,7 @@ def test_export_ships_the_pick_of_another_count_or_the_decoder_alone(bars_root: 
             assert not torch.equal(slim.generate(eps, labels), as_trained)
     result = invoke("eval", "-c", str(run), "--n", "20", "--metrics", "nll", "--iw-samples", "2", "--split", "train",
                     "--best-of", "1", "--json")
+    assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["protocol"]["best_of"] == 1  # asked for, so recorded, though nothing picks
 
 
