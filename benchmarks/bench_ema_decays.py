@@ -1,4 +1,4 @@
-"""Several moving averages of one GAN run's generator, side by side: which `--ema` would the run have wanted?
+"""Several moving averages of one unconditional GAN run's generator, side by side: which `--ema` would the run have wanted?
 
 Runs `genai train ARGS` with extra averages of G kept beside the run's own. An average does not feed
 back into training, so each is what `--ema D` would have given from the same steps. At each --at
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from bench_posthoc_ema import save_generator  # this folder: scripts run from it
 from safetensors.torch import load_file, save_file
 
 from genai_cli import checkpoint as ckpt
@@ -48,15 +49,9 @@ def to_model_files(out: Path, run: Path) -> None:
     """Each dumped generator as a model file of `run`, with BatchNorm statistics measured on its own samples."""
     model, loaded = ckpt.load_model(str(run), torch.device("cpu"))
     for dump in sorted(out.glob("*.raw.safetensors")):
-        weights, generator = load_file(dump), model.generator
-        with torch.no_grad():
-            for key, p in generator.named_parameters():
-                p.copy_(weights[key])
-        latent = lambda draws, n: (torch.randn(n, model.latent_dim, generator=draws), None)  # noqa: E731
-        measured = base.standing_statistics(generator, latent, model.config.image_size or 1)
         step = int(dump.name.split(".raw")[0].rsplit("-", 1)[1])
         target = out / dump.name.replace(".raw.safetensors", ".safetensors")
-        ckpt.save_model(target, type(model)(model.config, measured, model.discriminator), loaded.config, step, 0, "cpu")
+        save_generator(model, loaded.config, load_file(dump), target, step)
         dump.unlink()
         print(target, flush=True)
 

@@ -64,6 +64,18 @@ def power_average(sigma_rel: float, steps: int) -> np.ndarray:
     return w / w.sum()
 
 
+def save_generator(model, config, weights: dict[str, torch.Tensor], path: Path, step: int) -> None:
+    """`model` (an unconditional GAN) with G's parameters from `weights`, saved with standing statistics
+    measured on its own samples, as training saves its model file."""
+    generator = model.generator
+    with torch.no_grad():
+        for key, p in generator.named_parameters():
+            p.copy_(weights[key])
+    latent = lambda draws, n: (torch.randn(n, model.latent_dim, generator=draws), None)  # noqa: E731
+    measured = standing_statistics(generator, latent, model.config.image_size or 1)
+    ckpt.save_model(path, type(model)(model.config, measured, model.discriminator), config, step, 0, "cpu")
+
+
 def rebuild(snapshots: Path, run: Path, out: Path, last_step: int | None, sigmas: list[float]) -> None:
     taken = [(int(f.stem[2:]), f) for f in sorted(snapshots.glob("g-*.safetensors"))]
     taken = [(step, f) for step, f in taken if last_step is None or step <= last_step]
@@ -75,17 +87,12 @@ def rebuild(snapshots: Path, run: Path, out: Path, last_step: int | None, sigmas
     nearest = np.abs(np.arange(1, total + 1)[:, None] - steps[None, :]).argmin(1)  # each step's weight to its nearest snapshot
     snaps = [load_file(f) for f in files]
     out.mkdir(parents=True, exist_ok=True)
-    generator = model.generator
     for name, weights in profiles.items():
         share = np.bincount(nearest, weights=weights, minlength=len(steps))
         share /= share.sum()
-        with torch.no_grad():
-            for key, p in generator.named_parameters():
-                p.copy_(sum(float(c) * s[f"generator.{key}"].float() for c, s in zip(share, snaps) if c > 1e-9))
-        latent = lambda draws, n: (torch.randn(n, model.latent_dim, generator=draws), None)  # noqa: E731
-        measured = standing_statistics(generator, latent, model.config.image_size or 1)
-        ckpt.save_model(out / f"{name}.safetensors", type(model)(model.config, measured, model.discriminator),
-                        loaded.config, total, 0, "cpu")
+        averaged = {key: sum(float(c) * s[f"generator.{key}"].float() for c, s in zip(share, snaps) if c > 1e-9)
+                    for key, _ in model.generator.named_parameters()}
+        save_generator(model, loaded.config, averaged, out / f"{name}.safetensors", total)
         print(f"{name}: share of the last 10% of steps {weights[int(0.9 * total):].sum():.3f}", flush=True)
 
 
