@@ -17,9 +17,9 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 14  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
+SCHEMA_VERSION = 15  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
 # 8: model.likelihood and model.prior_components; 9: train.augment; 10: train.r1; 11: model.class_norm;
-# 12: train.class_loss; 13: train.precision; 14: model.best_of.
+# 12: train.class_loss; 13: train.precision; 14: model.best_of; 15: model.full_res_conv.
 # Older configs load with what their runs did (precision aside: see UPGRADES).
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
@@ -45,6 +45,7 @@ class ModelConfig:
     dropout: float = 0.0  # dropout after each hidden layer of the MLP GAN's discriminator (0.3 before schema 6)
     class_norm: bool | None = None  # labels set the scale and shift of each normalisation in G (cgan) or the decoder (cvae); family default
     best_of: int | None = None  # cvae with a class loss: candidates per sample, the one its classifier is surest of kept; 1 = off; family default
+    full_res_conv: bool | None = None  # dcgan, cgan: a 3x3 conv at full resolution makes G's image (models.blocks.ConvGenerator); family default
 
 
 @dataclass
@@ -132,6 +133,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     12: (("train", "class_loss", 0.0),),
     13: (("train", "precision", None),),  # bf16 had been CUDA's only, so older runs choose again where they resume
     14: (("model", "best_of", 1),),
+    15: (("model", "full_res_conv", False),),
 }
 
 

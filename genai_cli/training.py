@@ -96,6 +96,13 @@ def flag_name(key: str) -> str:
     return special.get(key, "--" + key.split(".")[1].replace("_", "-"))
 
 
+def flag_text(key: str, value: Any) -> str:
+    """('train.r1', 0.0) -> '--r1 0'; a switch as its own name: ('model.full_res_conv', False) -> '--no-full-res-conv'."""
+    if isinstance(value, bool):
+        return flag_name(key).replace("--", "--" if value else "--no-", 1)
+    return f"{flag_name(key)} {value:g}"
+
+
 def apply_flags(config: Config, flags: dict[str, Any], resuming: bool = False) -> Config:
     """Return a copy of `config` with 'section.field' -> value flags applied."""
     config = Config.from_dict(json.loads(config.to_json()))
@@ -161,6 +168,10 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
         raise UsageError(f"--class-norm sets a conditional generator's normalisations from its labels; --model {spec.name} "
                          "has no such generator (cgan and cvae have): drop --class-norm")
     model.class_norm = bool(spec.class_norm) if model.class_norm is None else model.class_norm
+    if model.full_res_conv and spec.full_res_conv is None:
+        raise UsageError(f"--full-res-conv ends a convolutional GAN's generator in a 3x3 conv; --model {spec.name} "
+                         "has no such generator (dcgan and cgan have): drop --full-res-conv")
+    model.full_res_conv = bool(spec.full_res_conv) if model.full_res_conv is None else model.full_res_conv
     if model.norm not in NORMS:
         raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {model.norm!r}")
     return config
@@ -401,7 +412,7 @@ def plan_run(flags: dict[str, Any], resume: str | None, world: World = SINGLE_PR
     if budget is not None and spec.short_budget and budget <= spec.short_budget[0]:
         if recipe := {k: v for k, v in spec.short_budget[1].items() if flags.get(k) is None}:
             config = apply_flags(config, recipe)
-            console.info(f"a {budget:g} s budget: " + ", ".join(f"{flag_name(k)} {v:g}" for k, v in recipe.items())
+            console.info(f"a {budget:g} s budget: " + ", ".join(flag_text(k, v) for k, v in recipe.items())
                          + " (the family's recipe for a short run)")
     validate_model(config.model, latent=not spec.shape.translates)  # a translating model's is 0: it has none
     validate_train(config.train)

@@ -509,16 +509,18 @@ def test_dry_run_prints_the_resolved_config(idx_root: Path, tmp_path: Path, monk
     assert sorted(os.listdir(tmp_path)) == before, "--dry-run wrote files"
 
 
-@pytest.mark.parametrize("flags,keep,width", [
-    (["--max-time", "60s"], "last", 32),  # a short budget: the DCGAN's short recipe
-    (["--max-time", "1h"], "best", 64),  # a long one ends with its best model
-    (["--max-time", "1h", "--steps", "9"], "last", 64),  # with --steps, only a deadline
+@pytest.mark.parametrize("flags,keep,width,full_res_conv", [
+    (["--max-time", "60s"], "last", 32, False),  # a short budget: the DCGAN's short recipe
+    (["--max-time", "60s", "--full-res-conv"], "last", 32, True),  # a flag given wins over the recipe
+    (["--max-time", "1h"], "best", 64, True),  # a long one ends with its best model
+    (["--max-time", "1h", "--steps", "9"], "last", 64, True),  # with --steps, only a deadline
 ])
-def test_dry_run_of_a_budget_shows_what_the_budget_changes(idx_root: Path, flags: list[str], keep: str, width: int):
+def test_dry_run_of_a_budget_shows_what_the_budget_changes(idx_root: Path, flags: list[str], keep: str, width: int,
+                                                           full_res_conv: bool):
     result = invoke("train", "--data-dir", str(idx_root), *flags, "--dry-run")
     assert result.exit_code == 0, result.stderr
     config = json.loads(result.stdout)
-    assert (config["train"]["keep"], config["model"]["width"]) == (keep, width)
+    assert (config["train"]["keep"], config["model"]["width"], config["model"]["full_res_conv"]) == (keep, width, full_res_conv)
 
 
 # ---------------------------------------------------------------- run directories

@@ -74,10 +74,12 @@ class ClassNorm(nn.Module):
 
 class ConvGenerator(nn.Module):
     """Latent vector -> image: one projection to s0 x s0, then stride-2 transposed convs. With
-    num_classes, each normalisation is a ClassNorm that reads forward's labels; without, they are unused."""
+    num_classes, each normalisation is a ClassNorm that reads forward's labels; without, they are unused.
+    With full_res_conv the last transposed conv gives width / 2 feature maps, normalised, and a 3x3 conv at
+    full resolution makes the image from them (SNGAN's DCGAN generator), not the transposed conv itself."""
 
     def __init__(self, in_dim: int, channels: int, image_size: int, width: int, norm: str = "batch",
-                 num_classes: int = 0) -> None:
+                 num_classes: int = 0, full_res_conv: bool = False) -> None:
         super().__init__()
         base, stages = resolution_plan(image_size)
         widths = stage_widths(width, stages)[::-1]  # base map first
@@ -89,7 +91,12 @@ class ConvGenerator(nn.Module):
         layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, widths[0], base, 1, 0, bias=bias), normalise(widths[0]), nn.ReLU(True)]
         for w_in, w_out in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=bias), normalise(w_out), nn.ReLU(True)]
-        layers.append(nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False))
+        if full_res_conv:
+            top = max(1, width // 2)
+            layers += [nn.ConvTranspose2d(widths[-1], top, 4, 2, 1, bias=bias), normalise(top), nn.ReLU(True),
+                       nn.Conv2d(top, channels, 3, 1, 1)]
+        else:
+            layers.append(nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False))
         self.net = nn.Sequential(*layers)
 
     def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

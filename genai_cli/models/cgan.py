@@ -24,7 +24,7 @@ class ConditionalGenerator(nn.Module):
         self.labels = LabelEmbedding(config.num_classes, LABEL_EMBEDDING_DIM)
         self.body = ConvGenerator(
             config.latent_dim + LABEL_EMBEDDING_DIM, config.channels, config.image_size, config.width, config.norm,
-            num_classes=config.num_classes if config.class_norm else 0,
+            num_classes=config.num_classes if config.class_norm else 0, full_res_conv=bool(config.full_res_conv),
         )
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -66,6 +66,7 @@ SPEC = ModelSpec(
     # Labels in every BatchNorm of G, not only at its input: at 5 epochs classifier FID 25.4 against
     # 38.2; over the hour 2.49 against 2.81, Protocol A level (11.82 against 11.74; benchmarks/RESULTS.md).
     class_norm=True,
+    full_res_conv=False,  # measured on the DCGAN's hour only (benchmarks/RESULTS.md)
     # AC-GAN's class terms trade coverage for class fidelity. Over the hour weight 0.03 had every class
     # judged right as often as real images (Coat 0.93 without) and Protocol A 11.65 against 11.82, for
     # classifier FID 2.67 against 2.49; 0.1 cost more (4.08, Protocol A 12.65; benchmarks/RESULTS.md).
