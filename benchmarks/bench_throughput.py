@@ -6,7 +6,8 @@ transforms.ToTensor + Normalize, a DataLoader (shuffle, --workers processes), pl
 (lr 2e-4, betas (0.5, 0.999)), netD.zero_grad(), D on real then on fake, the G step, and the
 per-step .item() reads the example prints -- and (b) genai's engine: `objective.step` over
 `source.epoch_batches`, as `genai train` runs it. Both train the same G and D, built by
-genai's model registry from one ModelConfig and one seed, on the same images. The example's
+genai's model registry from one ModelConfig and one seed, on the same images: the example's
+network, whose G makes the image with a transposed conv (`--no-full-res-conv`). The example's
 Sigmoid + BCELoss is written as BCEWithLogitsLoss on D's logits (the same loss, stably), and
 genai runs with `--ema 0 --r1 0` (its DCGAN defaults keep a moving average of G and add R1
 every 16th step, work the example does not do), so both perform the same update. On CUDA and on CPUs with native
@@ -265,8 +266,8 @@ def matmul_gflops(n: int, device: torch.device, repeats: int) -> float:
 def compare(row: Row, data: RowData, args: argparse.Namespace, steps: int) -> dict[str, Any]:
     """Both loops on one row: FLOPs, warm-up, then alternating timed rounds (reference first)."""
     flags = {"model.kind": "dcgan", "model.image_size": row.size, "model.channels": row.channels,
-             "model.width": args.width, "train.batch_size": row.batch, "train.ema": 0.0, "train.r1": 0.0,
-             "train.precision": args.precision, **data.flags}
+             "model.width": args.width, "model.full_res_conv": False, "train.batch_size": row.batch,
+             "train.ema": 0.0, "train.r1": 0.0, "train.precision": args.precision, **data.flags}
     plan = training.plan_run(flags, None)
     seed_everything(plan.config.train.seed)  # genai_loop seeds alike: both start from the same weights
     reference_model = plan.spec.build(plan.config.model).to(plan.device)
@@ -307,9 +308,9 @@ def add_gflops(result: dict[str, Any], matmul: float) -> None:
 
 @torch.no_grad()
 def sampling_rate(size: int, channels: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Generator-only images/s at batch 1000 in eval mode: what sampling costs at this size."""
+    """Generator-only images/s at batch 1000 in eval mode: what sampling the default G costs at this size."""
     spec = MODELS.get("dcgan")
-    config = ModelConfig("dcgan", spec.latent_dim, channels, size, width=args.width)
+    config = ModelConfig("dcgan", spec.latent_dim, channels, size, width=args.width, full_res_conv=spec.full_res_conv)
     generator = spec.build(config).generator.to(device).eval()
     z = torch.randn(SAMPLE_BATCH, config.latent_dim, device=device)
 
