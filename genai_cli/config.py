@@ -17,9 +17,9 @@ from typing import Any
 
 from genai_cli.errors import UsageError
 
-SCHEMA_VERSION = 15  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
+SCHEMA_VERSION = 16  # 2: train.lr_decay_start; 3: model.prior; 4: paired data (pix2pix); 5: train.warmup; 6: model.dropout; 7: train.keep;
 # 8: model.likelihood and model.prior_components; 9: train.augment; 10: train.r1; 11: model.class_norm;
-# 12: train.class_loss; 13: train.precision; 14: model.best_of; 15: model.full_res_conv.
+# 12: train.class_loss; 13: train.precision; 14: model.best_of; 15: model.full_res_conv; 16: model.minibatch_std.
 # Older configs load with what their runs did (precision aside: see UPGRADES).
 MAX_IMAGE_SIZE = 1024  # far above what these models train well at; bounds what data or a config can ask for
 # What torch.Generator.manual_seed takes; it also takes negatives, but -s is the same state as 2^64 - s.
@@ -46,6 +46,7 @@ class ModelConfig:
     class_norm: bool | None = None  # labels set the scale and shift of each normalisation in G (cgan) or the decoder (cvae); family default
     best_of: int | None = None  # cvae with a class loss: candidates per sample, the one its classifier is surest of kept; 1 = off; family default
     full_res_conv: bool | None = None  # dcgan, cgan: a 3x3 conv at full resolution makes G's image (models.blocks.ConvGenerator); family default
+    minibatch_std: int | None = None  # gan: D sees its features' spread over groups of this many images (models.gan.MinibatchStd); 0 = off; family default
 
 
 @dataclass
@@ -134,6 +135,7 @@ UPGRADES: dict[int, tuple[tuple[str, str, Any], ...]] = {
     13: (("train", "precision", None),),  # bf16 had been CUDA's only, so older runs choose again where they resume
     14: (("model", "best_of", 1),),
     15: (("model", "full_res_conv", False),),
+    16: (("model", "minibatch_std", 0),),
 }
 
 
@@ -224,6 +226,7 @@ BOUNDS: dict[str, Bound] = {
     "--beta": Bound(0, 1e4),
     "--prior-components": Bound(1, 1000),  # EM's cost grows with it; 100 already fits Fashion-MNIST's codes closely
     "--best-of": Bound(1, 64),  # each sample costs this many decoder and classifier passes
+    "--minibatch-std": Bound(0, 1024),  # a group larger than a batch is the batch
     "--epochs": Bound(1, 1e6),
     "--steps": Bound(1, 1e12),
     "--batch-size": Bound(1, 65536),
@@ -271,7 +274,8 @@ def validate_model(model: ModelConfig, latent: bool = True) -> None:
     """Model flags within their ranges (image size and channels are checked with the data); `latent`
     False for a family without one (its --latent-dim is refused where the family's defaults are filled)."""
     for flag, value in (("--latent-dim", model.latent_dim if latent else None), ("--width", model.width),
-                        ("--beta", model.beta), ("--prior-components", model.prior_components), ("--best-of", model.best_of)):
+                        ("--beta", model.beta), ("--prior-components", model.prior_components), ("--best-of", model.best_of),
+                        ("--minibatch-std", model.minibatch_std)):
         check_range(flag, value)
     check_range("model.dropout", model.dropout, DROPOUT)  # no flag sets it: only an edited file can break it
 

@@ -172,6 +172,10 @@ def resolve_config(config: Config, spec: ModelSpec, source: ImageSource) -> Conf
         raise UsageError(f"--full-res-conv ends a convolutional GAN's generator in a 3x3 conv; --model {spec.name} "
                          "has no such generator (dcgan and cgan have): drop --full-res-conv")
     model.full_res_conv = bool(spec.full_res_conv) if model.full_res_conv is None else model.full_res_conv
+    if model.minibatch_std and spec.minibatch_std is None:
+        raise UsageError(f"--minibatch-std shows the MLP GAN's discriminator how much a group of images differs; --model {spec.name} "
+                         "has no such discriminator (gan has): drop --minibatch-std")
+    model.minibatch_std = (spec.minibatch_std or 0) if model.minibatch_std is None else model.minibatch_std
     if model.norm not in NORMS:
         raise UsageError(f"--norm must be one of {', '.join(NORMS)}, got {model.norm!r}")
     return config

@@ -96,6 +96,7 @@ class ModelSpec:
     class_loss: float | None = None  # weight of the auxiliary class loss (its D must classify: `classes=True`); None: not available
     best_of: int | None = None  # candidates per sample its class loss's classifier picks among (cvae); None: not available
     full_res_conv: bool | None = None  # G's image made by a 3x3 conv at full resolution (models.blocks.ConvGenerator); None: not available
+    minibatch_std: int | None = None  # group size of D's minibatch standard deviation (models.gan.MinibatchStd); None: not available
     # (longest --max-time budget, flag defaults for it): a run of a few minutes sees too few images for
     # the paper's recipe to get going, and learns faster with more, smaller steps (benchmarks/RESULTS.md)
     short_budget: tuple[float, dict[str, Any]] | None = None
