@@ -96,7 +96,7 @@ SPEC = ModelSpec(
     ema=0.9999,
     # Minibatch standard deviation in D, groups of 4, lets D see samples too alike. At 4M images Inception
     # recall 0.213 against 0.169 and FID 38.7 against 40.1 (2,000 samples), classifier recall 0.438 against
-    # 0.342 for FID 16.66 against 15.68; at 2M 0.142 against 0.127 (benchmarks/RESULTS.md).
+    # 0.342 for FID 16.66 against 15.68; at 2M Inception FID 46.6 against 49.4, recall level (benchmarks/RESULTS.md).
     minibatch_std=4,
     # At 240k images (a few minutes) R1 cost FID (66.8 against 62.9) and minibatch std more (72.9): a short
     # run trains without either.
